@@ -1,0 +1,128 @@
+package semaphore
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Lease is one slot of a Semaphore, held until Release or until it is lost.
+// While held it renews itself in the background. Methods are safe for
+// concurrent use.
+type Lease struct {
+	s      *Semaphore
+	id     string
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	mu         sync.Mutex
+	validUntil time.Time // local monotonic time up to which the slot is surely ours
+	timer      *time.Timer
+	ended      bool
+
+	releaseOnce sync.Once
+	releaseErr  error
+}
+
+// validity is how long after sending an acquire or renewal the lease is
+// surely still ours: its TTL counted from before Redis ran the script, less a
+// margin for clock rate differences.
+func (s *Semaphore) validity() time.Duration { return s.opt.LeaseTTL - s.opt.LeaseTTL/10 }
+
+func (s *Semaphore) newLease(id string, sent time.Time) (*Lease, bool) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	l := &Lease{s: s, id: id, ctx: ctx, cancel: cancel, validUntil: sent.Add(s.validity())}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		cancel(ErrClosed)
+		return nil, false
+	}
+	s.leases[id] = l
+	l.mu.Lock()
+	l.timer = time.AfterFunc(time.Until(l.validUntil), l.expire)
+	l.mu.Unlock()
+	s.mu.Unlock()
+	return l, true
+}
+
+// ID returns the lease's id, as stored in Redis.
+func (l *Lease) ID() string { return l.id }
+
+// Context is done when the lease ends: released (cause ErrReleased) or lost
+// (cause ErrLeaseLost; see context.Cause). Derive the work the lease guards
+// from it, so that losing the slot aborts the work.
+func (l *Lease) Context() context.Context { return l.ctx }
+
+// Err returns nil while the lease is held, else why it ended (ErrReleased,
+// ErrLeaseLost or ErrClosed).
+func (l *Lease) Err() error {
+	if l.ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(l.ctx)
+}
+
+// Held reports whether the slot is surely still this lease's. It checks a
+// local deadline on the monotonic clock, so a process that was frozen past
+// the lease TTL learns at once, before its renewal loop has run: check Held
+// right before starting the guarded work.
+func (l *Lease) Held() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.ended && time.Now().Before(l.validUntil)
+}
+
+// Release gives the slot back and wakes the next waiter. It is idempotent and
+// shielded: it runs to completion even if ctx is already cancelled, bounded by
+// Options.CleanupTimeout. If Redis cannot be reached, the slot returns when
+// the lease's TTL runs out, and the error says so.
+func (l *Lease) Release(ctx context.Context) error {
+	l.releaseOnce.Do(func() {
+		l.end(ErrReleased)
+		l.releaseErr = l.s.release(ctx, l.id)
+	})
+	return l.releaseErr
+}
+
+// extend records a renewal sent at sent.
+func (l *Lease) extend(sent time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended {
+		return
+	}
+	if until := sent.Add(l.s.validity()); until.After(l.validUntil) {
+		l.validUntil = until
+		l.timer.Reset(time.Until(until))
+	}
+}
+
+// expire runs when the local deadline passes without renewal.
+func (l *Lease) expire() {
+	l.mu.Lock()
+	left := time.Until(l.validUntil)
+	if left > 0 && !l.ended {
+		l.timer.Reset(left)
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Unlock()
+	l.end(ErrLeaseLost)
+}
+
+// end ends the lease locally, once, with cause.
+func (l *Lease) end(cause error) {
+	l.mu.Lock()
+	if l.ended {
+		l.mu.Unlock()
+		return
+	}
+	l.ended = true
+	l.timer.Stop()
+	l.mu.Unlock()
+	l.cancel(cause)
+	l.s.mu.Lock()
+	delete(l.s.leases, l.id)
+	l.s.mu.Unlock()
+}
