@@ -64,12 +64,12 @@ func (b *Bucket) Limit() Limit { return b.limit }
 // Reservation is a claim on tokens of a Bucket: the holder may act after
 // Delay. Cancel it if it will not act.
 type Reservation struct {
-	b      *Bucket
-	n      int
-	tat    int64
-	delay  time.Duration
-	actAt  time.Time
-	done   atomic.Bool
+	b     *Bucket
+	n     int
+	tat   int64
+	delay time.Duration
+	actAt time.Time
+	done  atomic.Bool
 }
 
 // Delay is how long the holder had to wait, from the moment the reservation
