@@ -1,0 +1,337 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluicehq/sluice/limiter"
+)
+
+// Config is the configuration of the gateway. LoadConfig fills it from the
+// SLUICE_* environment variables listed by Variables; every field has the
+// default documented there.
+type Config struct {
+	// Listen is the address the gateway listens on (SLUICE_LISTEN).
+	Listen string
+	// RedisURL is a redis:// or rediss:// URL (SLUICE_REDIS_URL). Empty
+	// means an embedded in-process Redis that replicas cannot share.
+	RedisURL string
+	// RedisMode is how RedisURL is read: "standalone", "cluster" or
+	// "sentinel" (SLUICE_REDIS_MODE).
+	RedisMode string
+	// UpstreamURL is the vendor base URL; the client's /v1/... path is
+	// appended to it (SLUICE_UPSTREAM_URL).
+	UpstreamURL *url.URL
+	// UpstreamAPIKey is sent to the vendor as a bearer token
+	// (SLUICE_UPSTREAM_API_KEY).
+	UpstreamAPIKey Secret
+	// Budget names the shared vendor budget, the Redis namespace every
+	// replica with the same name shares (SLUICE_BUDGET).
+	Budget string
+	// Rate is the vendor rate and burst (SLUICE_RATE, SLUICE_BURST).
+	Rate limiter.Limit
+	// Concurrency is the most vendor calls in flight, cluster-wide
+	// (SLUICE_CONCURRENCY).
+	Concurrency int
+	// QueueTimeout is the longest a request may wait to START a vendor
+	// call (SLUICE_QUEUE_TIMEOUT).
+	QueueTimeout time.Duration
+	// CallTimeout bounds one vendor attempt, from sending to the last byte
+	// of the response, streams included (SLUICE_CALL_TIMEOUT).
+	CallTimeout time.Duration
+	// RequestTimeout is the SLA of a whole request, retries and streaming
+	// included (SLUICE_REQUEST_TIMEOUT).
+	RequestTimeout time.Duration
+	// MaxAttempts is the most vendor attempts per request
+	// (SLUICE_MAX_ATTEMPTS).
+	MaxAttempts int
+	// LeaseTTL is the semaphore lease TTL (SLUICE_LEASE_TTL).
+	LeaseTTL time.Duration
+	// UserRate is the per-user REJECT limit; the zero Limit means off
+	// (SLUICE_USER_RATE, SLUICE_USER_BURST).
+	UserRate limiter.Limit
+	// APIKeys are the accepted client keys; none means no client auth
+	// (SLUICE_API_KEYS).
+	APIKeys []Secret
+	// MaxBody is the largest request body in bytes (SLUICE_MAX_BODY).
+	MaxBody int64
+	// BackoffBase and BackoffMax shape the full-jitter exponential backoff
+	// between attempts (SLUICE_BACKOFF_BASE, SLUICE_BACKOFF_MAX).
+	BackoffBase, BackoffMax time.Duration
+	// ConnectTimeout bounds dialling the vendor and its TLS handshake
+	// (SLUICE_CONNECT_TIMEOUT).
+	ConnectTimeout time.Duration
+	// TrustProxy makes the client IP come from X-Forwarded-For when the
+	// request arrives from a private-network proxy (SLUICE_TRUST_PROXY).
+	TrustProxy bool
+	// ShutdownTimeout is how long in-flight requests may take to finish on
+	// SIGTERM (SLUICE_SHUTDOWN_TIMEOUT).
+	ShutdownTimeout time.Duration
+	// LogLevel is the level of the JSON log (SLUICE_LOG_LEVEL).
+	LogLevel slog.Level
+}
+
+// Secret is a string that must never reach a log or a response: it formats
+// as "REDACTED" with fmt and log/slog.
+type Secret string
+
+// String returns "REDACTED".
+func (Secret) String() string { return "REDACTED" }
+
+// GoString returns "REDACTED", so %#v does not print the secret either.
+func (Secret) GoString() string { return "REDACTED" }
+
+// LogValue returns "REDACTED" for log/slog.
+func (Secret) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// Variable is one configuration variable of sluice serve.
+type Variable struct {
+	// Name is the environment variable, e.g. SLUICE_RATE.
+	Name string
+	// Default is the value used when the variable is unset or empty.
+	Default string
+	// Usage says what the variable means, in one line.
+	Usage string
+
+	set func(c *Config, v string) error
+}
+
+// Flag returns the command-line flag that mirrors the variable:
+// SLUICE_QUEUE_TIMEOUT is --queue-timeout.
+func (v Variable) Flag() string {
+	return strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(v.Name, "SLUICE_"), "_", "-"))
+}
+
+// variables is the configuration contract, in the order of --help. A
+// variable may rely on those before it (SLUICE_BURST sets the burst of the
+// rate parsed from SLUICE_RATE).
+var variables = []Variable{
+	{"SLUICE_LISTEN", ":8080", "listen address", func(c *Config, v string) error {
+		c.Listen = v
+		return nil
+	}},
+	{"SLUICE_REDIS_URL", "", "redis:// or rediss:// URL; unset: an embedded in-process Redis, one replica only", func(c *Config, v string) error {
+		c.RedisURL = v
+		return nil
+	}},
+	{"SLUICE_REDIS_MODE", "standalone", "standalone, cluster (more nodes as ?addr=host:port) or sentinel (?master_name=NAME)", func(c *Config, v string) error {
+		switch v {
+		case "standalone", "cluster", "sentinel":
+			c.RedisMode = v
+			return nil
+		}
+		return errors.New("want standalone, cluster or sentinel")
+	}},
+	{"SLUICE_UPSTREAM_URL", "", "vendor base URL, e.g. https://api.openai.com; /v1/... is appended (required)", setUpstream},
+	{"SLUICE_UPSTREAM_API_KEY", "", "vendor key, sent as a bearer token; never logged or returned", func(c *Config, v string) error {
+		c.UpstreamAPIKey = Secret(v)
+		return nil
+	}},
+	{"SLUICE_BUDGET", "default", "name of the shared vendor budget (Redis namespace)", func(c *Config, v string) error {
+		c.Budget = v
+		return nil
+	}},
+	{"SLUICE_RATE", "60/m", "vendor rate, cluster-wide: RATE/PERIOD, e.g. 60/m, 10/s, 5/250ms", func(c *Config, v string) (err error) {
+		c.Rate, err = limiter.ParseLimit(v)
+		return err
+	}},
+	{"SLUICE_BURST", "1", "vendor bucket size", func(c *Config, v string) (err error) {
+		c.Rate.Burst, err = positiveInt(v)
+		return err
+	}},
+	{"SLUICE_CONCURRENCY", "3", "max in-flight vendor calls, cluster-wide", func(c *Config, v string) (err error) {
+		c.Concurrency, err = positiveInt(v)
+		return err
+	}},
+	{"SLUICE_QUEUE_TIMEOUT", "5s", "max wait to START a vendor call; past it: 503, never retried", func(c *Config, v string) (err error) {
+		c.QueueTimeout, err = positiveDuration(v)
+		return err
+	}},
+	{"SLUICE_CALL_TIMEOUT", "30s", "max time of one vendor attempt, first to last byte (streams included)", func(c *Config, v string) (err error) {
+		c.CallTimeout, err = positiveDuration(v)
+		return err
+	}},
+	{"SLUICE_REQUEST_TIMEOUT", "60s", "SLA of a whole request, retries included; past it: 504", func(c *Config, v string) (err error) {
+		c.RequestTimeout, err = positiveDuration(v)
+		return err
+	}},
+	{"SLUICE_MAX_ATTEMPTS", "3", "vendor attempts per request (1 = no retries)", func(c *Config, v string) (err error) {
+		c.MaxAttempts, err = positiveInt(v)
+		return err
+	}},
+	{"SLUICE_LEASE_TTL", "15s", "semaphore lease TTL; held leases renew well inside it", func(c *Config, v string) (err error) {
+		c.LeaseTTL, err = positiveDuration(v)
+		return err
+	}},
+	{"SLUICE_USER_RATE", "off", "per-user limit (per client key, else per client IP), e.g. 20/m; past it: 429", func(c *Config, v string) error {
+		if v == "off" {
+			c.UserRate = limiter.Limit{}
+			return nil
+		}
+		l, err := limiter.ParseLimit(v)
+		l.Burst = l.Rate
+		c.UserRate = l
+		return err
+	}},
+	{"SLUICE_USER_BURST", "", "per-user burst; unset: the count of SLUICE_USER_RATE", func(c *Config, v string) (err error) {
+		if c.UserRate.IsZero() {
+			return errors.New("needs SLUICE_USER_RATE")
+		}
+		c.UserRate.Burst, err = positiveInt(v)
+		return err
+	}},
+	{"SLUICE_API_KEYS", "", "client keys: comma-separated, or @FILE with one per line; unset: no auth", setAPIKeys},
+	{"SLUICE_MAX_BODY", "4MiB", "largest request body: bytes, or with KiB/MiB; past it: 413", func(c *Config, v string) (err error) {
+		c.MaxBody, err = parseSize(v)
+		return err
+	}},
+	{"SLUICE_BACKOFF_BASE", "250ms", "backoff before the 2nd attempt is random in [0, BASE], doubling per attempt", func(c *Config, v string) (err error) {
+		c.BackoffBase, err = positiveDuration(v)
+		return err
+	}},
+	{"SLUICE_BACKOFF_MAX", "10s", "cap of the backoff ceiling (a vendor Retry-After may ask for longer)", func(c *Config, v string) (err error) {
+		c.BackoffMax, err = positiveDuration(v)
+		if err == nil && c.BackoffMax < c.BackoffBase {
+			err = errors.New("must not be less than SLUICE_BACKOFF_BASE")
+		}
+		return err
+	}},
+	{"SLUICE_CONNECT_TIMEOUT", "5s", "max time to dial the vendor, and for its TLS handshake", func(c *Config, v string) (err error) {
+		c.ConnectTimeout, err = positiveDuration(v)
+		return err
+	}},
+	{"SLUICE_TRUST_PROXY", "false", "take the client IP from X-Forwarded-For set by a private-network proxy", func(c *Config, v string) (err error) {
+		c.TrustProxy, err = strconv.ParseBool(v)
+		if err != nil {
+			err = errors.New("want true or false")
+		}
+		return err
+	}},
+	{"SLUICE_SHUTDOWN_TIMEOUT", "30s", "on SIGTERM, how long in-flight requests may take to finish", func(c *Config, v string) (err error) {
+		c.ShutdownTimeout, err = positiveDuration(v)
+		return err
+	}},
+	{"SLUICE_LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {
+		return c.LogLevel.UnmarshalText([]byte(v))
+	}},
+}
+
+// Variables returns the configuration variables of sluice serve, in the
+// order in which --help lists them.
+func Variables() []Variable { return append([]Variable(nil), variables...) }
+
+// LoadConfig reads the configuration through lookup (os.LookupEnv, or a map
+// in tests). An unset or empty variable takes its default. The error names
+// the offending variable, in one line.
+func LoadConfig(lookup func(name string) (string, bool)) (Config, error) {
+	var c Config
+	for _, v := range variables {
+		val, _ := lookup(v.Name)
+		val = strings.TrimSpace(val)
+		if val == "" {
+			val = v.Default
+		}
+		if val == "" {
+			continue
+		}
+		// Quoting the value is safe: the setters of the secrets
+		// (SLUICE_UPSTREAM_API_KEY, SLUICE_API_KEYS) only fail on values
+		// that hold no key.
+		if err := v.set(&c, val); err != nil {
+			return Config{}, fmt.Errorf("invalid %s=%q: %v", v.Name, val, err)
+		}
+	}
+	if c.UpstreamURL == nil {
+		return Config{}, errors.New("SLUICE_UPSTREAM_URL is required: the vendor base URL, e.g. https://api.openai.com")
+	}
+	return c, nil
+}
+
+func setUpstream(c *Config, v string) error {
+	u, err := url.Parse(v)
+	switch {
+	case err != nil:
+		return errors.New("not a URL")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return errors.New("want an http:// or https:// URL")
+	case u.Host == "":
+		return errors.New("no host")
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
+		return errors.New("want a base URL without credentials, query or fragment")
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	u.RawPath = ""
+	if strings.HasSuffix(u.Path, "/v1") {
+		return errors.New("give the base URL without /v1: the client's /v1/... path is appended")
+	}
+	c.UpstreamURL = u
+	return nil
+}
+
+// setAPIKeys reads a comma list, or @FILE with one key per line (blank lines
+// and # comments skipped). A value that yields no key is an error, so an empty
+// file cannot silently turn auth off.
+func setAPIKeys(c *Config, v string) error {
+	list, sep, file := v, ",", false
+	if name, ok := strings.CutPrefix(v, "@"); ok {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return fmt.Errorf("cannot read the key file: %v", errors.Unwrap(err))
+		}
+		list, sep, file = string(b), "\n", true
+	}
+	c.APIKeys = nil
+	for k := range strings.SplitSeq(list, sep) {
+		k = strings.TrimSpace(k)
+		if k != "" && !(file && strings.HasPrefix(k, "#")) {
+			c.APIKeys = append(c.APIKeys, Secret(k))
+		}
+	}
+	if len(c.APIKeys) == 0 {
+		return errors.New("no key in it; leave it unset to turn auth off")
+	}
+	return nil
+}
+
+func positiveInt(v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return 0, errors.New("want a positive integer")
+	}
+	return n, nil
+}
+
+func positiveDuration(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, errors.New("want a positive duration, e.g. 500ms, 5s, 1m")
+	}
+	return d, nil
+}
+
+// parseSize reads a byte count: "1048576", "512KiB", "4MiB" (also KB, MB, K,
+// M; all binary multiples).
+func parseSize(v string) (int64, error) {
+	num, unit := v, int64(1)
+	lower := strings.ToLower(v)
+	for _, s := range []struct {
+		suffix string
+		unit   int64
+	}{{"kib", 1 << 10}, {"kb", 1 << 10}, {"k", 1 << 10}, {"mib", 1 << 20}, {"mb", 1 << 20}, {"m", 1 << 20}} {
+		if strings.HasSuffix(lower, s.suffix) {
+			num, unit = strings.TrimSpace(v[:len(v)-len(s.suffix)]), s.unit
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > (1<<40)/unit {
+		return 0, errors.New("want a positive size in bytes, e.g. 1048576, 512KiB, 4MiB")
+	}
+	return n * unit, nil
+}

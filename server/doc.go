@@ -1,0 +1,50 @@
+// Package server is the sluice gateway (sluice serve): an Echo application
+// that forwards OpenAI-compatible /v1/* requests to one vendor, so that many
+// replicas share one vendor budget through Redis.
+//
+// Every request goes down the stack of the seed document, in its order:
+//
+//	request ID, JSON access log, panic recovery        (every route)
+//	body limit                                          413
+//	client auth (SLUICE_API_KEYS)                       401
+//	per-user limit (SLUICE_USER_RATE, redis_rate)       429 + Retry-After, REJECT
+//	request deadline (SLUICE_REQUEST_TIMEOUT)           504
+//	for each attempt (SLUICE_MAX_ATTEMPTS):
+//	  queue deadline (SLUICE_QUEUE_TIMEOUT)             503 + Retry-After, never retried
+//	  admission: one token of the cluster bucket AND one slot of the
+//	    cluster lease semaphore, in one script (Admitter)   WAIT, fail closed: 503
+//	  call deadline (SLUICE_CALL_TIMEOUT), the vendor call's context derived
+//	    from the request AND the lease; HTTP client with dial, TLS, header,
+//	    idle and per-host limits; no redirects, no SDK, no hidden retries
+//	  lease released (shielded) BEFORE the backoff sleep
+//	full-jitter backoff, at least the vendor's Retry-After
+//	vendor failed after the attempts                    502
+//
+// Retried: network errors, vendor timeouts, the call deadline, 5xx, 408 and
+// 429. Never retried: the queue deadline (the system is overloaded), other
+// 4xx (passed through as the vendor sent them), a client gone, and a request
+// whose deadline, after the backoff, leaves less than a whole call deadline.
+//
+// Non-streaming answers are read whole (up to 32 MiB) under the call
+// deadline, the lease is released, and only then is the answer written to the
+// client, so a slow client never holds a vendor slot. A request body is
+// buffered too (bounded by SLUICE_MAX_BODY), so every attempt resends it.
+//
+// Streams ("stream": true; any text/event-stream answer) are passed through
+// one read at a time, with a flush after each, while the lease is held; the
+// call deadline covers the whole stream. Once the status line is sent nothing
+// can be retried or changed: a stream that breaks simply ends, and is counted
+// and logged as stream_cut (the vendor stopped without "data: [DONE]", or the
+// read failed), as client_closed_request, or as request_timeout. A client
+// that goes away cancels the vendor call and frees the slot at once.
+//
+// Whatever ends a request (answer, client gone, deadline, panic), the lease
+// is released with its own short deadline even after cancellation, and the
+// request is counted and logged. Errors use the OpenAI shape
+// {"error":{"message","type","code"}} with client-facing sentences only;
+// keys are never logged (the log has a hashed key id) nor returned. A panic
+// is answered 503 internal_error, not 500 (invariant I4).
+//
+// The gateway fails closed: without Redis it cannot keep the budget, so it
+// answers 503 fast, and /readyz is red until Redis is back.
+package server

@@ -1,0 +1,209 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/limiter"
+)
+
+// Server is the sluice gateway: an Echo application that forwards /v1/* to
+// the vendor through the stack of the package documentation. It is an
+// http.Handler; Serve runs it on a listener with graceful shutdown.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	echo    *echo.Echo
+	rdb     redis.UniversalClient
+	adm     Admitter
+	users   *limiter.KeyLimiter // nil: no per-user limit
+	keys    [][sha256.Size]byte // digests of the client keys; none: no auth
+	client  *http.Client
+	metrics *metrics
+	// sleep waits between attempts; tests replace it to observe backoffs.
+	sleep func(ctx context.Context, d time.Duration) error
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Options are the collaborators of a Server.
+type Options struct {
+	// Redis is the shared store of the per-user limit and of readiness,
+	// and of admission unless Admitter is set. Required.
+	Redis redis.UniversalClient
+	// Admitter admits vendor calls. Nil: the cluster semaphore with the
+	// budget's token bucket, on Redis (package semaphore).
+	Admitter Admitter
+	// Logger receives the JSON access log and warnings. Nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// New returns a gateway for cfg (as LoadConfig returns it). Close it to
+// release its leases.
+func New(cfg Config, opt Options) (*Server, error) {
+	if opt.Redis == nil {
+		return nil, errors.New("server: Options.Redis is required")
+	}
+	if cfg.UpstreamURL == nil {
+		return nil, errors.New("server: Config.UpstreamURL is required")
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     opt.Logger,
+		rdb:     opt.Redis,
+		adm:     opt.Admitter,
+		client:  &http.Client{Transport: newTransport(cfg), CheckRedirect: noRedirects},
+		metrics: newMetrics(),
+		sleep:   sleepCtx,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.adm == nil {
+		adm, err := newSemaphoreAdmitter(opt.Redis, cfg)
+		if err != nil {
+			return nil, err
+		}
+		s.adm = adm
+	}
+	if !cfg.UserRate.IsZero() {
+		users, err := limiter.NewKeyLimiter(opt.Redis, cfg.Budget, cfg.UserRate)
+		if err != nil {
+			return nil, err
+		}
+		s.users = users
+	}
+	for _, k := range cfg.APIKeys {
+		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
+	}
+	s.echo = s.routes()
+	return s, nil
+}
+
+// noRedirects passes a vendor redirect to the client instead of following
+// it: following would be a vendor call the budget never admitted.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// routes builds the Echo application, its middleware in the order of the
+// stack.
+func (s *Server) routes() *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.IPExtractor = echo.ExtractIPDirect()
+	if s.cfg.TrustProxy {
+		e.IPExtractor = echo.ExtractIPFromXFFHeader() // trusts loopback and private-network proxies
+	}
+	e.HTTPErrorHandler = func(err error, c echo.Context) { // errors raised outside the routes' middleware
+		e, _ := asAPIError(err)
+		writeError(c, e)
+	}
+	e.Use(requestID, s.observe, s.recoverPanic)
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", echo.WrapHandler(s.metrics.handler()))
+	e.Any("/v1/*", s.proxy, s.limitBody, s.authenticate, s.limitUser, s.deadline)
+	return e
+}
+
+// ServeHTTP serves one request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+
+func (s *Server) healthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz is red while the store is unreachable or its scripts fail, and
+// turns green again by itself when it recovers.
+func (s *Server) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	err := s.rdb.Ping(ctx).Err()
+	if err == nil {
+		err = s.adm.Check(ctx)
+	}
+	if err != nil {
+		s.metrics.redisErrors.WithLabelValues("ready").Inc()
+		s.log.Warn("not ready", "error", err)
+		return errNotReady
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// Serve answers requests on ln until ctx ends, then shuts down gracefully:
+// it stops accepting, lets requests in flight finish for up to
+// ShutdownTimeout (then cuts them, which releases their leases), and closes
+// the Server. It returns nil after a clean shutdown.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       s.cfg.RequestTimeout, // a body must arrive within the SLA
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	select {
+	case err := <-served:
+		return errors.Join(err, s.Close())
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down: draining requests in flight", "timeout", s.cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		s.log.Warn("shutdown deadline passed: cutting the remaining requests")
+		_ = hs.Close()
+	}
+	<-served
+	return s.Close()
+}
+
+// Close releases every lease the gateway still holds and stops the
+// admitter's background work. It does not close the Redis client, which the
+// caller owns.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.client.CloseIdleConnections()
+		s.closeErr = s.adm.Close()
+	})
+	return s.closeErr
+}
+
+// Run is sluice serve: it opens Redis (or the embedded one), builds the
+// gateway, listens on cfg.Listen and serves until ctx ends (SIGTERM), then
+// shuts down gracefully and releases every lease.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	rdb, closeRedis, err := OpenRedis(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeRedis()
+	s, err := New(cfg, Options{Redis: rdb, Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return errors.Join(err, s.Close())
+	}
+	if len(cfg.APIKeys) == 0 {
+		log.Warn("SLUICE_API_KEYS is unset: clients are not authenticated; the per-user limit, if any, is per client IP")
+	}
+	log.Info("sluice serve listening",
+		"addr", ln.Addr().String(), "upstream", cfg.UpstreamURL.Redacted(), "budget", cfg.Budget,
+		"rate", cfg.Rate.String(), "concurrency", cfg.Concurrency, "user_rate", cfg.UserRate.String(),
+		"queue_timeout", cfg.QueueTimeout.String(), "call_timeout", cfg.CallTimeout.String(),
+		"request_timeout", cfg.RequestTimeout.String(), "max_attempts", cfg.MaxAttempts)
+	return s.Serve(ctx, ln)
+}
