@@ -1,0 +1,236 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/internal/multiproc"
+	"github.com/sluicehq/sluice/internal/redistest"
+)
+
+func TestMain(m *testing.M) { redistest.Main(m) }
+
+func newBucket(t testing.TB, rdb redis.Scripter, budget string, lim Limit) *Bucket {
+	t.Helper()
+	b, err := NewBucket(rdb, budget, lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Reservations are served in order: each waits one interval longer than the
+// one before, once the burst is used.
+func TestReserveOrderAndBurst(t *testing.T) {
+	rdb := redistest.New(t).Client(t)
+	b := newBucket(t, rdb, redistest.Budget(t), Limit{Rate: 10, Burst: 3, Period: time.Second})
+	ctx := context.Background()
+	var delays []time.Duration
+	for range 6 {
+		r, err := b.Reserve(ctx, 1, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		delays = append(delays, r.Delay())
+	}
+	for i := range 3 {
+		if delays[i] != 0 {
+			t.Fatalf("reservation %d within the burst waits %s", i, delays[i])
+		}
+	}
+	for i := 3; i < 6; i++ {
+		// The i-th reservation may act (i-2) intervals after the first,
+		// less the time that passed between the calls.
+		want := time.Duration(i-2) * 100 * time.Millisecond
+		if delays[i] > want || delays[i] < want-50*time.Millisecond || delays[i] <= delays[i-1] {
+			t.Fatalf("delays %v: reservation %d should wait about %s", delays, i, want)
+		}
+	}
+}
+
+// A reservation whose slot is later than the caller can wait fails at once
+// and takes nothing; a cost above the burst is refused.
+func TestReserveQueueTimeoutConsumesNothing(t *testing.T) {
+	rdb := redistest.New(t).Client(t)
+	budget := redistest.Budget(t)
+	b := newBucket(t, rdb, budget, Limit{Rate: 1, Burst: 1, Period: time.Hour})
+	ctx := context.Background()
+	if _, err := b.Reserve(ctx, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := rdb.Get(ctx, BucketKey(budget)).Result()
+	_, err := b.Reserve(ctx, 1, time.Minute)
+	if !errors.Is(err, ErrQueueTimeout) {
+		t.Fatalf("got %v, want ErrQueueTimeout", err)
+	}
+	after, _ := rdb.Get(ctx, BucketKey(budget)).Result()
+	if before != after {
+		t.Fatalf("a refused reservation changed the bucket: %s -> %s", before, after)
+	}
+	if _, err := b.Reserve(ctx, 2, -1); !errors.Is(err, ErrCostExceedsBurst) {
+		t.Fatalf("got %v, want ErrCostExceedsBurst", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := b.Wait(wctx); !errors.Is(err, ErrQueueTimeout) || wctx.Err() != nil {
+		t.Fatalf("Wait: got %v (ctx %v), want ErrQueueTimeout before the deadline", err, wctx.Err())
+	}
+}
+
+// Only the latest reservation is given back: giving back an earlier one would
+// let a new caller share a later reservation's slot.
+func TestCancelGivesBackOnlyTheLatest(t *testing.T) {
+	rdb := redistest.New(t).Client(t)
+	b := newBucket(t, rdb, redistest.Budget(t), Limit{Rate: 1, Burst: 1, Period: time.Hour})
+	ctx := context.Background()
+	first, _ := b.Reserve(ctx, 1, -1)
+	second, err := b.Reserve(ctx, 1, -1)
+	if err != nil || first == nil {
+		t.Fatal(err)
+	}
+	third, _ := b.Reserve(ctx, 1, -1)
+	if ok, err := second.Cancel(ctx); ok || err != nil {
+		t.Fatalf("cancel of a middle reservation: gave back %v, %v", ok, err)
+	}
+	if ok, err := third.Cancel(ctx); !ok || err != nil {
+		t.Fatalf("cancel of the latest reservation: gave back %v, %v", ok, err)
+	}
+	if ok, _ := third.Cancel(ctx); ok {
+		t.Fatal("second cancel gave back again")
+	}
+	// The slot of the third is free again: the next one gets it.
+	next, _ := b.Reserve(ctx, 1, -1)
+	if d := next.Delay(); d < 2*time.Hour-time.Minute || d > 2*time.Hour {
+		t.Fatalf("next reservation waits %s, want the third's slot (2h)", d)
+	}
+}
+
+// The bucket's central promise, checked on the slot times Redis hands out
+// (Redis clock) under many goroutines in several processes with random
+// cancellations: no window of length W holds more than Burst + Rate*W grants.
+func TestNoWindowExceedsBurstPlusRate(t *testing.T) {
+	srv := redistest.New(t)
+	rdb := srv.Client(t)
+	budget := redistest.Budget(t)
+	lim := Limit{Rate: 50, Burst: 5, Period: time.Second}
+	const procs, perProc = 2, 60
+	children := make([]*multiproc.Child, procs)
+	for i := range children {
+		children[i] = multiproc.Start(t, "TestChildBucket", "bucket",
+			"REDIS_ADDR="+srv.Addr(), "BUDGET="+budget, "N="+strconv.Itoa(perProc))
+	}
+	slotsCh := make(chan []int64, procs+1)
+	go func() { slotsCh <- reserveUnderLoad(t, rdb, budget, lim, perProc) }()
+	for _, c := range children {
+		line := c.Expect(t, "SLOTS ")
+		if err := c.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		slotsCh <- parseInts(t, strings.TrimPrefix(line, "SLOTS "))
+	}
+	var all []int64
+	for range procs + 1 {
+		all = append(all, <-slotsCh...)
+	}
+	if len(all) < perProc {
+		t.Fatalf("only %d grants", len(all))
+	}
+	for _, w := range []time.Duration{0, 20 * time.Millisecond, 100 * time.Millisecond, time.Second} {
+		limit := lim.Burst + int(float64(lim.Rate)*w.Seconds()/lim.Period.Seconds())
+		if got := maxInWindow(all, w.Microseconds()); got > limit {
+			t.Errorf("window %s: %d grants > burst + rate*W = %d", w, got, limit)
+		}
+	}
+	if keys, err := redistest.KeysWithoutTTL(context.Background(), rdb, KeyPrefix(budget)+"*"); err != nil || len(keys) > 0 {
+		t.Fatalf("keys without TTL: %v %v", keys, err)
+	}
+}
+
+// reserveUnderLoad runs 8 goroutines that Wait for n tokens in all, a
+// quarter of them cancelled at a random moment, and returns the Redis-clock
+// slot times (microseconds) of the waits that were not cancelled... and of
+// the cancelled ones whose tokens were not given back, since those slots
+// count too.
+func reserveUnderLoad(t testing.TB, rdb redis.Scripter, budget string, lim Limit, n int) []int64 {
+	b := newBucket(t, rdb, budget, lim)
+	var mu sync.Mutex
+	var slots []int64
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += 8 {
+				r, err := b.Reserve(context.Background(), 1, -1)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				slot := r.tat - int64(lim.Burst)*b.interval
+				if rand.IntN(4) == 0 {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(50))*time.Millisecond)
+					<-ctx.Done()
+					cancel()
+					if ok, err := r.Cancel(ctx); err != nil || ok {
+						continue // given back: the slot was never used
+					}
+				} else {
+					time.Sleep(time.Until(r.TimeToAct()))
+				}
+				mu.Lock()
+				slots = append(slots, slot)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return slots
+}
+
+func TestChildBucket(t *testing.T) {
+	if multiproc.Role() != "bucket" {
+		t.Skip("entry point of child processes")
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: multiproc.Env(t, "REDIS_ADDR")})
+	defer rdb.Close()
+	n, _ := strconv.Atoi(multiproc.Env(t, "N"))
+	slots := reserveUnderLoad(t, rdb, multiproc.Env(t, "BUDGET"), Limit{Rate: 50, Burst: 5, Period: time.Second}, n)
+	fmt.Fprintln(os.Stdout, "SLOTS", strings.Trim(fmt.Sprint(slots), "[]"))
+}
+
+func parseInts(t testing.TB, s string) []int64 {
+	var out []int64
+	for _, f := range strings.Fields(s) {
+		v, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// maxInWindow returns the most timestamps in any closed window of length w.
+func maxInWindow(ts []int64, w int64) int {
+	s := slices.Clone(ts)
+	slices.Sort(s)
+	best, lo := 0, 0
+	for hi := range s {
+		for s[hi]-s[lo] > w {
+			lo++
+		}
+		best = max(best, hi-lo+1)
+	}
+	return best
+}
