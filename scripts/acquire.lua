@@ -23,7 +23,8 @@
 -- ARGV[9]  wake channel
 --
 -- Returns {status, reason, hint}
---   status  1 granted (retries of a call that already succeeded also return 1)
+--   status  1 granted: reason = the grant's Redis time (0 when this call is a
+--           retry of one that already granted; the lease is the caller's)
 --           0 waiting: reason 1 = others ahead (wait to be woken),
 --                      2 = no free slot (hint: microseconds until the first lease expires),
 --                      3 = no token yet (hint: microseconds until there is one)
@@ -93,4 +94,4 @@ if not try then
   redis.call('ZREM', waiters, id)
   wake_head(queue, channel)
 end
-return {1, 0, 0}
+return {1, now, 0}

@@ -14,6 +14,8 @@ type Lease struct {
 	id     string
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	// granted is the Redis time of the grant in microseconds, 0 if unknown.
+	granted int64
 
 	mu         sync.Mutex
 	validUntil time.Time // local monotonic time up to which the slot is surely ours
@@ -29,9 +31,9 @@ type Lease struct {
 // margin for clock rate differences.
 func (s *Semaphore) validity() time.Duration { return s.opt.LeaseTTL - s.opt.LeaseTTL/10 }
 
-func (s *Semaphore) newLease(id string, sent time.Time) (*Lease, bool) {
+func (s *Semaphore) newLease(id string, sent time.Time, granted int64) (*Lease, bool) {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	l := &Lease{s: s, id: id, ctx: ctx, cancel: cancel, validUntil: sent.Add(s.validity())}
+	l := &Lease{s: s, id: id, ctx: ctx, cancel: cancel, granted: granted, validUntil: sent.Add(s.validity())}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -48,6 +50,15 @@ func (s *Semaphore) newLease(id string, sent time.Time) (*Lease, bool) {
 
 // ID returns the lease's id, as stored in Redis.
 func (l *Lease) ID() string { return l.id }
+
+// GrantedAt returns when Redis granted the lease, by Redis's clock (zero if
+// unknown: a retried acquire). Useful to correlate logs across replicas.
+func (l *Lease) GrantedAt() time.Time {
+	if l.granted == 0 {
+		return time.Time{}
+	}
+	return time.UnixMicro(l.granted)
+}
 
 // Context is done when the lease ends: released (cause ErrReleased) or lost
 // (cause ErrLeaseLost; see context.Cause). Derive the work the lease guards

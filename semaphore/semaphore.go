@@ -222,7 +222,7 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 		}
 		switch res[0] {
 		case granted:
-			l, ok := s.newLease(id, sent)
+			l, ok := s.newLease(id, sent, res[1])
 			if !ok {
 				s.withdraw(ctx, id)
 				return nil, ErrClosed

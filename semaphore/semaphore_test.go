@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/limiter"
+	"github.com/sluicehq/sluice/scripts"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
@@ -276,4 +277,36 @@ func waitFor(t testing.TB, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// Nobody jumps the queue: a caller that finds a free slot still waits while
+// others queued before it.
+func TestNoQueueJumping(t *testing.T) {
+	rdb := redistest.New(t).Client(t)
+	s := newSem(t, rdb, redistest.Budget(t), Options{Size: 1})
+	ctx := context.Background()
+	held, err := s.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		if l, err := s.Acquire(ctx); err == nil {
+			_ = l.Release(ctx)
+		}
+	}()
+	waitFor(t, func() bool { return state(t, s).Waiters == 1 })
+	// Another replica configured with room for two sees a free slot, but a
+	// waiter is ahead of it.
+	res, err := scripts.Acquire.Run(ctx, rdb, s.keys, "newcomer", 2, int64(15e6), int64(2e6), -1, 0, 0, "wait", s.channel).Int64Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0] != waiting || res[1] != 1 {
+		t.Fatalf("newcomer got %v, want to wait behind the queue (status 0, reason 1)", res)
+	}
+	if _, err := s.TryAcquire(ctx); !errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("TryAcquire with a queue: %v", err)
+	}
+	_ = s.release(ctx, "newcomer")
+	_ = held.Release(ctx)
 }
