@@ -2,9 +2,10 @@
 -- the budget's bucket with it, atomically, for the caller at the head of a
 -- FIFO queue shared by every replica.
 --
--- A caller not yet in the queue joins at its tail. Only the head may be
--- granted: it gets a lease (and a token) when a slot is free and (with a rate)
--- a token is available NOW. The call is sent right after the grant, so tokens
+-- A caller that cannot be granted at once joins the tail of the queue; a
+-- caller already queued keeps its place. Only the head may be granted: it
+-- gets a lease (and a token) when a slot is free and (with a rate) a token
+-- is available NOW. The call is sent right after the grant, so tokens
 -- are spent when calls really go and sends cannot bunch up behind the
 -- semaphore. After a grant the next head is woken on the wake channel.
 --
@@ -43,33 +44,20 @@ if redis.call('ZSCORE', leases, id) then
   return {1, 0, 0}
 end
 
-local ahead = 0
-if try then
-  ahead = redis.call('ZCARD', queue)
-else
-  local rank = redis.call('ZRANK', queue, id)
-  if rank then
-    ahead = rank
-  else
-    local last = redis.call('ZRANGE', queue, -1, -1, 'WITHSCORES')
-    ahead = redis.call('ZCARD', queue)
-    redis.call('ZADD', queue, (tonumber(last[2]) or 0) + 1, id)
-  end
-  redis.call('ZADD', waiters, now + waiter_ttl, id)
-  expire_zset(waiters, now, queue)
-end
+-- Our place: rank in the queue, or behind everyone if not queued yet.
+local rank = redis.call('ZRANK', queue, id)
+local ahead = rank or redis.call('ZCARD', queue)
 
 local new_tat, allow_at = 0, now
 if interval > 0 then
   new_tat, allow_at = gcra(bucket, now, interval, burst, 1)
   -- Waiters ahead may still leave, so only our own token is certain.
   if max_wait >= 0 and allow_at - now > max_wait then
-    if not try then leave(queue, waiters, id, channel) end
+    if rank then leave(queue, waiters, id, channel) end
     return {-1, 3, allow_at - now}
   end
 end
 
-local status = 0
 local reason, hint = 0, 0
 if ahead > 0 then
   reason = 1
@@ -81,6 +69,12 @@ elseif allow_at > now then
 end
 if reason ~= 0 then
   if try then return {-2, reason, hint} end
+  if not rank then
+    local last = redis.call('ZRANGE', queue, -1, -1, 'WITHSCORES')
+    redis.call('ZADD', queue, (tonumber(last[2]) or 0) + 1, id)
+  end
+  redis.call('ZADD', waiters, now + waiter_ttl, id)
+  expire_zset(waiters, now, queue)
   return {0, reason, hint}
 end
 
@@ -89,7 +83,7 @@ expire_zset(leases, now)
 if interval > 0 then
   gcra_store(bucket, now, new_tat)
 end
-if not try then
+if rank then
   redis.call('ZREM', queue, id)
   redis.call('ZREM', waiters, id)
   wake_head(queue, channel)

@@ -49,15 +49,17 @@ end
 -- renewing). When that frees anything, wake the head of the queue.
 local function purge(leases, queue, waiters, now, channel)
   local gone = redis.call('ZRANGEBYSCORE', waiters, '-inf', now)
-  local head = redis.call('ZRANGE', queue, 0, 0)[1]
-  for _, w in ipairs(gone) do
-    redis.call('ZREM', queue, w)
-  end
+  local head_changed = false
   if #gone > 0 then
+    local head = redis.call('ZRANGE', queue, 0, 0)[1]
+    for _, w in ipairs(gone) do
+      redis.call('ZREM', queue, w)
+    end
     redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
+    head_changed = redis.call('ZRANGE', queue, 0, 0)[1] ~= head
   end
   local dropped = redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  if dropped > 0 or redis.call('ZRANGE', queue, 0, 0)[1] ~= head then
+  if dropped > 0 or head_changed then
     wake_head(queue, channel)
   end
 end
