@@ -81,9 +81,46 @@ build_redis_image() {
 build_redis_image
 
 # ---------------------------------------------------------------------------
-# LATER: the sluice gateway image (sluice:local) is built here from the
-# top-level Dockerfile, once it exists. Offline: build the binary on the host
-# (CGO_ENABLED=0 go build ./cmd/sluice), then e.g.
-#   docker build --target prebuilt --build-arg RUNTIME_IMAGE=scratch -t sluice:local .
-# (legacy builder, DOCKER_BUILDKIT=0; see shared/DOCKER-HERE.md).
-# ---------------------------------------------------------------------------
+# sluice:local, the gateway image, from the top-level Dockerfile's offline
+# stage: the binary is built here on the host (CGO_ENABLED=0, static), put in
+# .ci/build/rootfs with the host's CA certificates, and copied onto scratch.
+GATEWAY_IMAGE_NAME=${GATEWAY_IMAGE_NAME:-sluice:local}
+
+build_gateway_image() {
+	command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
+	local certs=/etc/ssl/certs/ca-certificates.crt
+	[[ -r $certs ]] || { echo "images.sh: $certs missing (apt-get install ca-certificates)" >&2; exit 1; }
+	local rootfs=.ci/build/rootfs
+	mkdir -p "$rootfs/etc/ssl/certs"
+	# Build beside the old binary and replace it only when it changed: the
+	# build is reproducible (-trimpath), so an unchanged tree keeps its hash.
+	CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags='-s -w' -o "$rootfs/sluice.new" ./cmd/sluice
+	if cmp -s "$rootfs/sluice.new" "$rootfs/sluice"; then
+		rm "$rootfs/sluice.new"
+	else
+		mv "$rootfs/sluice.new" "$rootfs/sluice"
+	fi
+	cmp -s "$certs" "$rootfs/etc/ssl/certs/ca-certificates.crt" || cp "$certs" "$rootfs/etc/ssl/certs/ca-certificates.crt"
+
+	local source
+	source=$(cat Dockerfile .dockerignore $(find .ci/rootfs "$rootfs" -type f | LC_ALL=C sort) | sha256sum | cut -c1-16)
+	if [[ $(image_source "$GATEWAY_IMAGE_NAME") == "$source" ]]; then
+		log "$GATEWAY_IMAGE_NAME is up to date ($source)"
+		return
+	fi
+	log "building $GATEWAY_IMAGE_NAME (offline: Dockerfile target prebuilt on scratch)"
+	local out
+	# The legacy builder's deprecation notice goes to stderr: shown on failure only.
+	if ! out=$(docker build -q --target prebuilt --build-arg RUNTIME_IMAGE=scratch \
+		--label "org.sluice.source=$source" -t "$GATEWAY_IMAGE_NAME" . 2>&1); then
+		echo "$out" >&2
+		exit 1
+	fi
+
+	# Smoke test: the binary runs in the image, as the image's user.
+	out=$(docker run --rm "$GATEWAY_IMAGE_NAME" --help) || { echo "images.sh: $GATEWAY_IMAGE_NAME does not run" >&2; exit 1; }
+	grep -q healthcheck <<<"$out" || { echo "images.sh: $GATEWAY_IMAGE_NAME: no healthcheck command" >&2; exit 1; }
+	log "built $GATEWAY_IMAGE_NAME ($(docker image inspect -f '{{.Size}}' "$GATEWAY_IMAGE_NAME" | numfmt --to=iec))"
+}
+
+build_gateway_image
