@@ -87,6 +87,9 @@ func (Secret) String() string { return "REDACTED" }
 // GoString returns "REDACTED", so %#v does not print the secret either.
 func (Secret) GoString() string { return "REDACTED" }
 
+// MarshalText returns "REDACTED", for encoding/json and log/slog's JSON.
+func (Secret) MarshalText() ([]byte, error) { return []byte("REDACTED"), nil }
+
 // LogValue returns "REDACTED" for log/slog.
 func (Secret) LogValue() slog.Value { return slog.StringValue("REDACTED") }
 

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +21,9 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/internal/redistest"
+	"github.com/sluicehq/sluice/semaphore"
 )
 
 // fakeAdmitter is an in-memory Admitter of size slots. It records how many
@@ -175,15 +180,20 @@ func hang(w http.ResponseWriter, r *http.Request) {
 	<-r.Context().Done()
 }
 
-// harness is a gateway in front of a test vendor, with a fake admitter.
+// harness is a gateway in front of a test vendor: with a fake admitter and
+// miniredis (newHarness), or with the real semaphore on real Redis
+// (newRealHarness). It checks, whatever the test, that the vendor is only
+// called while a lease is held and that no backoff sleep holds one.
 type harness struct {
 	t      *testing.T
 	srv    *Server
 	gw     *httptest.Server
 	vendor *httptest.Server
-	adm    *fakeAdmitter
-	redis  *miniredis.Miniredis
+	adm    *fakeAdmitter        // newHarness only
+	redis  *miniredis.Miniredis // newHarness only
 	logs   *syncBuffer
+	// held counts the leases held now; -1 if it cannot tell.
+	held func() int
 
 	hits         atomic.Int64 // requests the vendor received
 	heldAtVendor atomic.Int64 // vendor requests that arrived while no lease was held
@@ -211,46 +221,94 @@ var testEnv = map[string]string{
 
 const vendorKey = "vendor-secret-key"
 
+// testConfig is testEnv plus env, with a placeholder upstream.
+func testConfig(t *testing.T, env map[string]string) Config {
+	t.Helper()
+	vars := map[string]string{"SLUICE_UPSTREAM_URL": "http://vendor.invalid"}
+	maps.Copy(vars, testEnv)
+	maps.Copy(vars, env)
+	cfg, err := LoadConfig(func(name string) (string, bool) { v, ok := vars[name]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 // newHarness starts vendor (nil: 200 {"ok":true}) behind a gateway
-// configured by testEnv plus env.
+// configured by testEnv plus env, with a fake admitter and miniredis.
 func newHarness(t *testing.T, vendor http.HandlerFunc, env map[string]string) *harness {
 	t.Helper()
-	h := &harness{t: t, logs: newSyncBuffer()}
+	cfg := testConfig(t, env)
+	h := &harness{t: t, adm: newFakeAdmitter(cfg.Concurrency), redis: miniredis.RunT(t)}
+	h.held = h.adm.Held
+	rdb := redis.NewClient(&redis.Options{Addr: h.redis.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	h.start(cfg, rdb, h.adm, vendor)
+	return h
+}
+
+// newRealHarness is newHarness with the real semaphore and token bucket on
+// the Redis of SLUICE_REDIS_URL in env (default: redistest's shared server),
+// in a budget of the test's own.
+func newRealHarness(t *testing.T, vendor http.HandlerFunc, env map[string]string) *harness {
+	t.Helper()
+	env = maps.Clone(env)
+	if env == nil {
+		env = map[string]string{}
+	}
+	if env["SLUICE_REDIS_URL"] == "" {
+		env["SLUICE_REDIS_URL"] = redistest.New(t).URL()
+	}
+	if env["SLUICE_BUDGET"] == "" {
+		env["SLUICE_BUDGET"] = redistest.Budget(t)
+	}
+	cfg := testConfig(t, env)
+	rdb, closeRedis, err := OpenRedis(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = closeRedis() })
+	probe, err := semaphore.New(rdb, cfg.Budget, semaphore.Options{Size: cfg.Concurrency})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = probe.Close() })
+	h := &harness{t: t}
+	h.held = func() int {
+		st, err := probe.State(context.Background())
+		if err != nil {
+			return -1
+		}
+		return int(st.Holders)
+	}
+	h.start(cfg, rdb, nil, vendor)
+	return h
+}
+
+func (h *harness) start(cfg Config, rdb redis.UniversalClient, adm Admitter, vendor http.HandlerFunc) {
+	t := h.t
+	h.logs = newSyncBuffer()
 	if vendor == nil {
 		vendor = func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, `{"ok":true}`) }
 	}
 	h.vendor = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.hits.Add(1)
-		if h.adm.Held() == 0 {
+		if h.held() == 0 {
 			h.heldAtVendor.Add(1)
 		}
 		vendor(w, r)
 	}))
 	t.Cleanup(h.vendor.Close)
-
-	vars := map[string]string{"SLUICE_UPSTREAM_URL": h.vendor.URL}
-	for k, v := range testEnv {
-		vars[k] = v
-	}
-	for k, v := range env {
-		vars[k] = v
-	}
-	cfg, err := LoadConfig(func(name string) (string, bool) { v, ok := vars[name]; return v, ok })
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.adm = newFakeAdmitter(cfg.Concurrency)
-	h.redis = miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: h.redis.Addr()})
-	t.Cleanup(func() { _ = rdb.Close() })
+	cfg.UpstreamURL, _ = url.Parse(h.vendor.URL)
 	log := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h.srv, err = New(cfg, Options{Redis: rdb, Admitter: h.adm, Logger: log})
+	var err error
+	h.srv, err = New(cfg, Options{Redis: rdb, Admitter: adm, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.srv.sleep = func(ctx context.Context, d time.Duration) error {
 		h.mu.Lock()
-		h.sleeps = append(h.sleeps, sleepRecord{d: d, held: h.adm.Held()})
+		h.sleeps = append(h.sleeps, sleepRecord{d: d, held: h.held()})
 		h.mu.Unlock()
 		return ctx.Err()
 	}
@@ -262,12 +320,11 @@ func newHarness(t *testing.T, vendor http.HandlerFunc, env map[string]string) *h
 			t.Errorf("the vendor received %d request(s) while no lease was held", n)
 		}
 		for _, s := range h.sleepRecords() {
-			if s.held != 0 {
+			if s.held > 0 {
 				t.Errorf("a backoff sleep of %s ran with %d lease(s) held", s.d, s.held)
 			}
 		}
 	})
-	return h
 }
 
 func (h *harness) sleepRecords() []sleepRecord {

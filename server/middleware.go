@@ -100,14 +100,16 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			rec.outcome = "ok"
 		}
 		elapsed := time.Since(start)
-		s.metrics.requests.WithLabelValues(rec.outcome).Inc()
-		s.metrics.requestDuration.WithLabelValues(strconv.Itoa(status)).Observe(elapsed.Seconds())
-
+		ops := c.Path() == "/healthz" || c.Path() == "/readyz" || c.Path() == "/metrics"
+		if !ops { // probes and scrapes are not traffic
+			s.metrics.requests.WithLabelValues(rec.outcome).Inc()
+			s.metrics.requestDuration.WithLabelValues(strconv.Itoa(status)).Observe(elapsed.Seconds())
+		}
 		level := slog.LevelInfo
 		switch {
 		case status >= 500 || rec.outcome == "stream_cut":
 			level = slog.LevelWarn
-		case c.Path() == "/healthz" || c.Path() == "/readyz" || c.Path() == "/metrics":
+		case ops:
 			level = slog.LevelDebug
 		}
 		s.log.LogAttrs(context.WithoutCancel(c.Request().Context()), level, "request",

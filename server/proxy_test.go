@@ -12,12 +12,14 @@ import (
 )
 
 func TestForwardsToVendor(t *testing.T) {
-	var got *http.Request
-	var gotBody string
+	type seen struct {
+		r    *http.Request
+		body string
+	}
+	vendorSaw := make(chan seen, 1)
 	h := newHarness(t, func(w http.ResponseWriter, r *http.Request) {
-		got = r.Clone(context.Background())
 		b, _ := io.ReadAll(r.Body)
-		gotBody = string(b)
+		vendorSaw <- seen{r.Clone(context.Background()), string(b)}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Vendor", "v")
 		w.Header().Set("Set-Cookie", "vendor=1")
@@ -28,6 +30,8 @@ func TestForwardsToVendor(t *testing.T) {
 	if body := readAll(t, resp); resp.StatusCode != 200 || body != `{"id":"x"}` {
 		t.Fatalf("%d %s", resp.StatusCode, body)
 	}
+	v := <-vendorSaw
+	got, gotBody := v.r, v.body
 	if got.URL.Path != "/v1/chat/completions" || got.URL.RawQuery != "q=1" || gotBody != `{"model":"m"}` {
 		t.Errorf("vendor got %s %s?%s %q", got.Method, got.URL.Path, got.URL.RawQuery, gotBody)
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,8 +41,7 @@ func OpenRedis(cfg Config, log *slog.Logger) (redis.UniversalClient, func() erro
 		if err != nil {
 			return nil, nil, errors.New("invalid SLUICE_REDIS_URL: not a Redis cluster URL")
 		}
-		failFast(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries)
-		o.ContextTimeoutEnabled = true
+		failFast{&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}.apply()
 		c := redis.NewClusterClient(o)
 		return c, c.Close, nil
 	case "sentinel":
@@ -49,8 +49,7 @@ func OpenRedis(cfg Config, log *slog.Logger) (redis.UniversalClient, func() erro
 		if err != nil || o.MasterName == "" {
 			return nil, nil, errors.New("invalid SLUICE_REDIS_URL: not a Redis sentinel URL with ?master_name=NAME")
 		}
-		failFast(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries)
-		o.ContextTimeoutEnabled = true
+		failFast{&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}.apply()
 		c := redis.NewFailoverClient(o)
 		return c, c.Close, nil
 	}
@@ -58,26 +57,46 @@ func OpenRedis(cfg Config, log *slog.Logger) (redis.UniversalClient, func() erro
 	if err != nil {
 		return nil, nil, errors.New("invalid SLUICE_REDIS_URL: want redis://[user:password@]host:port[/db], or rediss:// for TLS")
 	}
-	failFast(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries)
-	o.ContextTimeoutEnabled = true
+	failFast{&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}.apply()
 	c := redis.NewClient(o)
 	return c, c.Close, nil
 }
 
-// failFast sets the short timeouts and no client retries, where the URL did
-// not set them.
-func failFast(dial, read, write, pool *time.Duration, retries *int) {
+// failFast points at the client options that decide how fast a Redis outage
+// fails a request; apply sets short timeouts, one dial attempt and no command
+// retries where the URL did not set them, and makes context deadlines apply
+// to socket I/O.
+type failFast struct {
+	dial, read, write, pool *time.Duration
+	retries, dialAttempts   *int
+	contextTimeouts         *bool
+}
+
+func (f failFast) apply() {
 	for _, d := range []struct {
 		field *time.Duration
 		value time.Duration
-	}{{dial, redisDialTimeout}, {read, redisIOTimeout}, {write, redisIOTimeout}, {pool, redisPoolTimeout}} {
+	}{{f.dial, redisDialTimeout}, {f.read, redisIOTimeout}, {f.write, redisIOTimeout}, {f.pool, redisPoolTimeout}} {
 		if *d.field == 0 {
 			*d.field = d.value
 		}
 	}
-	if *retries == 0 {
-		*retries = -1
+	if *f.retries == 0 {
+		*f.retries = -1
 	}
+	if *f.dialAttempts == 0 {
+		*f.dialAttempts = 1
+	}
+	*f.contextTimeouts = true
+}
+
+// redisLogger sends go-redis's own messages (dial failures...) to the JSON
+// log instead of its default stderr logger.
+type redisLogger struct{ log *slog.Logger }
+
+// Printf logs a go-redis message as a warning.
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, fmt.Sprintf(format, v...), "component", "go-redis")
 }
 
 // openEmbedded starts miniredis on a loopback port. ClockTTL makes its keys
@@ -92,8 +111,7 @@ func openEmbedded(log *slog.Logger) (redis.UniversalClient, func() error, error)
 	log.Warn("SLUICE_REDIS_URL is unset: using an embedded in-process Redis. " +
 		"Replicas will NOT share the vendor budget: run ONE replica, or set SLUICE_REDIS_URL for several.")
 	o := &redis.Options{Addr: m.Addr()}
-	failFast(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries)
-	o.ContextTimeoutEnabled = true
+	failFast{&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled}.apply()
 	c := redis.NewClient(o)
 	return c, func() error {
 		err := c.Close()

@@ -184,6 +184,7 @@ func (s *Server) Close() error {
 // gateway, listens on cfg.Listen and serves until ctx ends (SIGTERM), then
 // shuts down gracefully and releases every lease.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	redis.SetLogger(redisLogger{log})
 	rdb, closeRedis, err := OpenRedis(cfg, log)
 	if err != nil {
 		return err
