@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"mime"
 	"net"
 	"net/http"
@@ -81,8 +82,8 @@ var dropRequestHeaders = []string{
 }
 
 // dropResponseHeaders are not passed back: hop-by-hop headers, cookies of the
-// vendor, and Content-Length, which the gateway sets itself.
-var dropResponseHeaders = []string{"Set-Cookie", "Content-Length"}
+// vendor, and the headers the gateway sets itself.
+var dropResponseHeaders = []string{"Set-Cookie", "Content-Length", "X-Request-Id"}
 
 // hopByHop are the RFC 9110 connection-specific headers.
 var hopByHop = []string{
@@ -146,10 +147,15 @@ func (s *Server) respond(c echo.Context, cl *call) error {
 	defer cl.finish()
 	rec := recordOf(c)
 	res := c.Response()
-	for k, v := range cl.resp.Header {
-		res.Header()[k] = v
+	// A client that stops reading must not hold the lease past the request
+	// deadline: a blocked write fails at it. (net/http clears the deadline
+	// after the request.)
+	if deadline, ok := c.Request().Context().Deadline(); ok {
+		_ = http.NewResponseController(res).SetWriteDeadline(deadline)
 	}
-	stripHeaders(res.Header(), dropResponseHeaders)
+	h := cl.resp.Header.Clone()
+	stripHeaders(h, dropResponseHeaders)
+	maps.Copy(res.Header(), h)
 	rec.setQueueWait(res.Header())
 	if cl.resp.StatusCode >= 400 {
 		rec.outcome = "vendor_4xx"

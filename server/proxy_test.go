@@ -23,6 +23,7 @@ func TestForwardsToVendor(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Vendor", "v")
 		w.Header().Set("Set-Cookie", "vendor=1")
+		w.Header().Set("X-Request-Id", "vendor-id")
 		_, _ = io.WriteString(w, `{"id":"x"}`)
 	}, nil)
 	resp := h.do("POST", "/v1/chat/completions?q=1", `{"model":"m"}`,

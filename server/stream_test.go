@@ -112,6 +112,27 @@ func TestStreamClientGone(t *testing.T) {
 	}
 }
 
+// TestStreamSlowReader: a client that stops reading a stream cannot hold the
+// lease past the request deadline, even with the gateway blocked writing.
+func TestStreamSlowReader(t *testing.T) {
+	h := newHarness(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		chunk := "data: " + strings.Repeat("x", 64<<10) + "\n\n"
+		for r.Context().Err() == nil {
+			if _, err := io.WriteString(w, chunk); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+	}, map[string]string{"SLUICE_REQUEST_TIMEOUT": "500ms"})
+	resp := h.do("POST", "/v1/chat/completions", streamBody) // and never read
+	defer resp.Body.Close()
+	h.adm.waitReleased(t)
+	if l := h.lastAccess("/v1/chat/completions"); l["outcome"] == "ok" {
+		t.Errorf("access log %v", l)
+	}
+}
+
 // TestStreamCut: a stream the vendor ends without [DONE], or breaks, is
 // passed on as it is (the status is already sent) and recorded as
 // stream_cut, not as a success; it is not retried.

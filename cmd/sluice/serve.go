@@ -21,8 +21,26 @@ func init() {
 	})
 }
 
+const serveIntro = `Runs the gateway: POST /v1/chat/completions and every other /v1/* path go to
+SLUICE_UPSTREAM_URL within the vendor budget shared, through Redis, by every
+replica with the same SLUICE_REDIS_URL and SLUICE_BUDGET. Also serves
+GET /healthz, /readyz and /metrics. SIGTERM drains requests in flight, then
+releases every lease.`
+
 func runServe(args []string) int {
-	fs := flag.NewFlagSet("sluice serve", flag.ContinueOnError)
+	cfg, code, ok := loadServeConfig("serve", serveIntro, args, nil)
+	if !ok {
+		return code
+	}
+	return runGateway(cfg, slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel})))
+}
+
+// loadServeConfig reads the configuration of the gateway from flags, then
+// the environment, then fallback (values for unset variables that replace
+// the documented defaults). When ok is false the command exits with code:
+// 0 after --help, 2 for bad flags or configuration, reported in one line.
+func loadServeConfig(name, intro string, args []string, fallback map[string]string) (cfg server.Config, code int, ok bool) {
+	fs := flag.NewFlagSet("sluice "+name, flag.ContinueOnError)
 	flags := map[string]string{}
 	for _, v := range server.Variables() {
 		fs.Func(v.Flag(), v.Usage, func(s string) error {
@@ -30,53 +48,58 @@ func runServe(args []string) int {
 			return nil
 		})
 	}
-	fs.Usage = func() { serveUsage(fs.Output()) }
+	fs.Usage = func() { serveUsage(fs.Output(), name, intro, fallback) }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return 0
+			return cfg, 0, false
 		}
-		return 2
+		return cfg, 2, false
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "sluice serve: unexpected argument %q\n", fs.Arg(0))
-		return 2
+		fmt.Fprintf(os.Stderr, "sluice %s: unexpected argument %q\n", name, fs.Arg(0))
+		return cfg, 2, false
 	}
-	cfg, err := server.LoadConfig(func(name string) (string, bool) {
-		if v, ok := flags[name]; ok {
-			return v, true
+	cfg, err := server.LoadConfig(func(v string) (string, bool) {
+		if s, ok := flags[v]; ok {
+			return s, true
 		}
-		return os.LookupEnv(name)
+		if s, ok := os.LookupEnv(v); ok && s != "" {
+			return s, true
+		}
+		s, ok := fallback[v]
+		return s, ok
 	})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "sluice serve:", err)
-		return 2
+		fmt.Fprintf(os.Stderr, "sluice %s: %v\n", name, err)
+		return cfg, 2, false
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	return cfg, 0, true
+}
+
+// runGateway runs the gateway until SIGINT or SIGTERM, and returns the exit
+// code: 0 after a graceful shutdown.
+func runGateway(cfg server.Config, log *slog.Logger) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := server.Run(ctx, cfg, log); err != nil {
-		log.Error("sluice serve failed", "error", err.Error())
+		log.Error("sluice stopped on an error", "error", err.Error())
 		return 1
 	}
-	log.Info("sluice serve stopped")
+	log.Info("sluice stopped")
 	return 0
 }
 
-func serveUsage(w io.Writer) {
-	fmt.Fprint(w, `usage: sluice serve [flags]
-
-Runs the gateway: POST /v1/chat/completions and every other /v1/* path go to
-SLUICE_UPSTREAM_URL within the vendor budget shared, through Redis, by every
-replica with the same SLUICE_REDIS_URL and SLUICE_BUDGET. Also serves
-GET /healthz, /readyz and /metrics. SIGTERM drains requests in flight, then
-releases every lease.
-
-Configuration comes from the environment; each variable has a flag twin
+func serveUsage(w io.Writer, name, intro string, fallback map[string]string) {
+	fmt.Fprintf(w, "usage: sluice %s [flags]\n\n%s\n\n", name, intro)
+	fmt.Fprint(w, `Configuration comes from the environment; each variable has a flag twin
 that overrides it (prefer the environment for keys: flags show in ps).
 
 `)
 	for _, v := range server.Variables() {
-		def := v.Default
+		def, ok := fallback[v.Name]
+		if !ok {
+			def = v.Default
+		}
 		if def == "" {
 			def = "unset"
 		}
