@@ -38,6 +38,9 @@
 // read failed), as client_closed_request, or as request_timeout. A client
 // that goes away cancels the vendor call and frees the slot at once.
 //
+// Answers that went through admission carry X-Sluice-Queue-Wait: the
+// milliseconds spent waiting for admission, all attempts together.
+//
 // Whatever ends a request (answer, client gone, deadline, panic), the lease
 // is released with its own short deadline even after cancellation, and the
 // request is counted and logged. Errors use the OpenAI shape

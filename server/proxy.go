@@ -106,9 +106,13 @@ func stripHeaders(h http.Header, drop []string) {
 	}
 }
 
-func isJSON(h http.Header) bool {
+func isJSON(h http.Header) bool { return mediaType(h) == echo.MIMEApplicationJSON }
+
+func isEventStream(h http.Header) bool { return mediaType(h) == "text/event-stream" }
+
+func mediaType(h http.Header) string {
 	mt, _, _ := mime.ParseMediaType(h.Get(echo.HeaderContentType))
-	return mt == echo.MIMEApplicationJSON
+	return mt
 }
 
 // chatRequest is what the gateway reads of a JSON request body; the vendor

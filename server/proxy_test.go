@@ -206,8 +206,10 @@ func TestStatusTable(t *testing.T) {
 		apiErr(t, h.do("GET", "/v1", ""), 404)
 		apiErr(t, h.do("GET", "/v1/../admin", ""), 404)
 		apiErr(t, h.do("GET", "/v1/%2e%2e/admin", ""), 404)
-		if e := apiErr(t, h.do("POST", "/healthz", ""), 405); e.Error.Code != "method_not_allowed" {
-			t.Errorf("%+v", e.Error)
+		for _, c := range []struct{ method, path string }{{"POST", "/healthz"}, {"TRACE", "/v1/models"}, {"CONNECT", "/v1/models"}} {
+			if e := apiErr(t, h.do(c.method, c.path, ""), 405); e.Error.Code != "method_not_allowed" {
+				t.Errorf("%s %s: %+v", c.method, c.path, e.Error)
+			}
 		}
 		if h.hits.Load() != 0 {
 			t.Error("vendor called")

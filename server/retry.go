@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"mime"
 	"net"
 	"net/http"
 	"strconv"
@@ -201,11 +200,6 @@ func statusClass(code int) string {
 		return strconv.Itoa(code)
 	}
 	return strconv.Itoa(code/100) + "xx"
-}
-
-func isEventStream(h http.Header) bool {
-	mt, _, _ := mime.ParseMediaType(h.Get(echo.HeaderContentType))
-	return mt == "text/event-stream"
 }
 
 // vendorRetryAfter reads how long the vendor asked to wait: retry-after-ms

@@ -103,17 +103,23 @@ func (s *Server) routes() *echo.Echo {
 	if s.cfg.TrustProxy {
 		e.IPExtractor = echo.ExtractIPFromXFFHeader() // trusts loopback and private-network proxies
 	}
-	e.HTTPErrorHandler = func(err error, c echo.Context) { // errors raised outside the routes' middleware
-		e, _ := asAPIError(err)
-		writeError(c, e)
+	// observe answers every error below it; this only keeps Echo's own
+	// error format out, should an error ever come from above it.
+	e.HTTPErrorHandler = func(err error, c echo.Context) {
+		ae, _ := asAPIError(err)
+		writeError(c, ae)
 	}
 	e.Use(requestID, s.observe, s.recoverPanic)
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(s.metrics.handler()))
-	e.Any("/v1/*", s.proxy, s.limitBody, s.authenticate, s.limitUser, s.deadline)
+	e.Match(proxiedMethods, "/v1/*", s.proxy, s.limitBody, s.authenticate, s.limitUser, s.deadline)
 	return e
 }
+
+// proxiedMethods are the methods of the vendor's API; TRACE and CONNECT get
+// 405 (and OPTIONS Echo's 204 with Allow).
+var proxiedMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 
 // ServeHTTP serves one request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
