@@ -56,7 +56,7 @@ func benchServer(b *testing.B) string {
 // serverDesc says which server the figures come from, for the table.
 var serverDesc atomic.Value
 
-// newClient returns a client of srv with the options every benchmark uses: a
+// newClient returns a client of the server at url with the options every benchmark uses: a
 // pool larger than the most goroutines, so none waits for a connection.
 func newClient(tb testing.TB, url string) *redis.Client {
 	tb.Helper()
@@ -74,68 +74,91 @@ func newClient(tb testing.TB, url string) *redis.Client {
 // trip (Acquire, Obtain) when it makes two, else 0.
 type op func(ctx context.Context) (first time.Duration, err error)
 
+// setup prepares one kind of operation on a client, for one sub-benchmark.
+type setup func(*testing.B, *redis.Client) op
+
 // BenchmarkAdmission is the gateway's path: Acquire takes a slot and a token
 // in one script, then Release.
-func BenchmarkAdmission(b *testing.B) {
-	each(b, func(b *testing.B, rdb *redis.Client) op {
-		s := newSemaphore(b, rdb, semaphore.Options{Size: 1 << 20, Rate: never})
-		return acquireRelease(s)
-	})
-}
+func BenchmarkAdmission(b *testing.B) { each(b, admission) }
 
 // BenchmarkSemaphore is Acquire + Release without a rate.
-func BenchmarkSemaphore(b *testing.B) {
-	each(b, func(b *testing.B, rdb *redis.Client) op {
-		s := newSemaphore(b, rdb, semaphore.Options{Size: 1 << 20})
-		return acquireRelease(s)
-	})
-}
+func BenchmarkSemaphore(b *testing.B) { each(b, semaphoreOnly) }
 
 // BenchmarkBucketWait is Bucket.Wait on a bucket that never makes it wait.
-func BenchmarkBucketWait(b *testing.B) {
-	each(b, func(b *testing.B, rdb *redis.Client) op {
-		bk, err := limiter.NewBucket(rdb, redistest.Budget(b), never)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return func(ctx context.Context) (time.Duration, error) { return 0, bk.Wait(ctx) }
-	})
-}
+func BenchmarkBucketWait(b *testing.B) { each(b, bucketWait) }
 
 // BenchmarkRedisRateAllow is the peer of the bucket: redis_rate's Allow on
 // one key, with a limit that never rejects.
-func BenchmarkRedisRateAllow(b *testing.B) {
-	each(b, func(b *testing.B, rdb *redis.Client) op {
-		rl := redis_rate.NewLimiter(rdb)
-		key := limiter.KeyPrefix(redistest.Budget(b)) + "redis_rate"
-		lim := redis_rate.Limit{Rate: never.Rate, Burst: never.Burst, Period: never.Period}
-		return func(ctx context.Context) (time.Duration, error) {
-			res, err := rl.Allow(ctx, key, lim)
-			if err == nil && res.Allowed != 1 {
-				err = errors.New("redis_rate: rejected")
-			}
-			return 0, err
-		}
-	})
-}
+func BenchmarkRedisRateAllow(b *testing.B) { each(b, redisRateAllow) }
 
 // BenchmarkRedislock is the peer of the semaphore: redislock's Obtain +
 // Release, on a new key every operation (so it never contends).
-func BenchmarkRedislock(b *testing.B) {
-	each(b, func(b *testing.B, rdb *redis.Client) op {
-		lc := redislock.New(rdb)
-		prefix := limiter.KeyPrefix(redistest.Budget(b)) + "lock:"
-		var n atomic.Int64
-		return func(ctx context.Context) (time.Duration, error) {
-			start := time.Now()
-			l, err := lc.Obtain(ctx, prefix+strconv.FormatInt(n.Add(1), 10), 15*time.Second, nil)
-			if err != nil {
-				return 0, err
-			}
-			first := time.Since(start)
-			return first, l.Release(ctx)
+func BenchmarkRedislock(b *testing.B) { each(b, redislockObtainRelease) }
+
+// BenchmarkPaired compares latencies at one goroutine on a machine shared
+// with other work: two operations alternate, so both see the same load, and
+// the ratio of their latencies is steadier than that of two separate runs.
+// (With more goroutines, mixed operations queue behind each other in Redis
+// and the ratio tends to 1, so throughputs are compared by the separate
+// benchmarks and their server cost per operation.)
+func BenchmarkPaired(b *testing.B) {
+	for _, c := range []struct {
+		name   string
+		x, y   setup
+		xFirst bool // time only x's first call (the admission itself)
+	}{
+		{name: "AcquireVsAllow", x: admission, y: redisRateAllow, xFirst: true},
+		{name: "AdmissionVsRedislock", x: admission, y: redislockObtainRelease},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			rdb := newClient(b, benchServer(b))
+			drivePair(b, c.x(b, rdb), c.y(b, rdb), c.xFirst)
+		})
+	}
+}
+
+func admission(b *testing.B, rdb *redis.Client) op {
+	return acquireRelease(newSemaphore(b, rdb, semaphore.Options{Size: 1 << 20, Rate: never}))
+}
+
+func semaphoreOnly(b *testing.B, rdb *redis.Client) op {
+	return acquireRelease(newSemaphore(b, rdb, semaphore.Options{Size: 1 << 20}))
+}
+
+func bucketWait(b *testing.B, rdb *redis.Client) op {
+	bk, err := limiter.NewBucket(rdb, redistest.Budget(b), never)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return func(ctx context.Context) (time.Duration, error) { return 0, bk.Wait(ctx) }
+}
+
+func redisRateAllow(b *testing.B, rdb *redis.Client) op {
+	rl := redis_rate.NewLimiter(rdb)
+	key := limiter.KeyPrefix(redistest.Budget(b)) + "redis_rate"
+	lim := redis_rate.Limit{Rate: never.Rate, Burst: never.Burst, Period: never.Period}
+	return func(ctx context.Context) (time.Duration, error) {
+		res, err := rl.Allow(ctx, key, lim)
+		if err == nil && res.Allowed != 1 {
+			err = errors.New("redis_rate: rejected")
 		}
-	})
+		return 0, err
+	}
+}
+
+func redislockObtainRelease(b *testing.B, rdb *redis.Client) op {
+	lc := redislock.New(rdb)
+	prefix := limiter.KeyPrefix(redistest.Budget(b)) + "lock:"
+	var n atomic.Int64
+	return func(ctx context.Context) (time.Duration, error) {
+		start := time.Now()
+		l, err := lc.Obtain(ctx, prefix+strconv.FormatInt(n.Add(1), 10), 15*time.Second, nil)
+		if err != nil {
+			return 0, err
+		}
+		first := time.Since(start)
+		return first, l.Release(ctx)
+	}
 }
 
 func newSemaphore(b *testing.B, rdb *redis.Client, opt semaphore.Options) *semaphore.Semaphore {
@@ -159,25 +182,25 @@ func acquireRelease(s *semaphore.Semaphore) op {
 	}
 }
 
-// each runs setup's operation at every level of goroutines, as sub-benchmarks
-// named g=N, on the shared test server.
-func each(b *testing.B, setup func(*testing.B, *redis.Client) op) {
+// each runs f's operation at every level of goroutines, as sub-benchmarks
+// named g=N.
+func each(b *testing.B, f setup) {
 	for _, g := range goroutines {
 		b.Run("g="+strconv.Itoa(g), func(b *testing.B) {
 			rdb := newClient(b, benchServer(b))
-			drive(b, rdb, g, setup(b, rdb))
+			drive(b, rdb, g, f(b, rdb))
 		})
 	}
 }
 
 // drive runs b.N operations on exactly g goroutines, which take operations
-// from one counter, and reports throughput, latency percentiles and the Redis
-// commands per operation (from INFO commandstats, so the server must not be
-// busy with anything else).
+// from one counter, and reports throughput, latency percentiles and what each
+// operation costs Redis: script calls, commands (also those run by scripts),
+// script time and server CPU time.
 func drive(b *testing.B, rdb *redis.Client, g int, f op) {
 	ctx := context.Background()
 	// Warm up: open g connections, load the scripts.
-	run(g, g, func(int) error { _, err := f(ctx); return err }, b)
+	run(b, g, g, func(int) error { _, err := f(ctx); return err })
 	before := snapshot(b, rdb)
 
 	lat := make([][]time.Duration, g)
@@ -188,7 +211,7 @@ func drive(b *testing.B, rdb *redis.Client, g int, f op) {
 	}
 	b.ResetTimer()
 	start := time.Now()
-	run(g, b.N, func(w int) error {
+	run(b, g, b.N, func(w int) error {
 		t0 := time.Now()
 		first, err := f(ctx)
 		lat[w] = append(lat[w], time.Since(t0))
@@ -196,7 +219,7 @@ func drive(b *testing.B, rdb *redis.Client, g int, f op) {
 			firsts[w] = append(firsts[w], first)
 		}
 		return err
-	}, b)
+	})
 	elapsed := time.Since(start)
 	b.StopTimer()
 	srv := snapshot(b, rdb).sub(before)
@@ -227,6 +250,61 @@ func drive(b *testing.B, rdb *redis.Client, g int, f op) {
 	b.ReportMetric(r.scriptTime, "script-µs/op")
 	b.ReportMetric(r.serverCPU, "srv-cpu-µs/op")
 	record(r)
+}
+
+// drivePair runs x and y b.N times each on one goroutine, alternating which
+// goes first, and reports the latency of each and their ratios. With xFirst,
+// x's latency is that of its first call only.
+func drivePair(b *testing.B, x, y op, xFirst bool) {
+	ctx := context.Background()
+	timed := func(f op, firstOnly bool) time.Duration {
+		t0 := time.Now()
+		first, err := f(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if firstOnly {
+			return first
+		}
+		return time.Since(t0)
+	}
+	timed(x, xFirst) // warm up: connections, scripts
+	timed(y, false)
+	xs := make([]time.Duration, 0, b.N)
+	ys := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		if i%2 == 0 {
+			xs = append(xs, timed(x, xFirst))
+			ys = append(ys, timed(y, false))
+		} else {
+			ys = append(ys, timed(y, false))
+			xs = append(xs, timed(x, xFirst))
+		}
+	}
+	b.StopTimer()
+	r := pairResult{
+		name:      strings.TrimPrefix(b.Name(), "BenchmarkPaired/"),
+		xP50:      percentile(xs, 0.50),
+		yP50:      percentile(ys, 0.50),
+		meanRatio: float64(mean(xs)) / float64(mean(ys)),
+	}
+	r.p50Ratio = float64(r.xP50) / float64(r.yP50)
+	b.ReportMetric(us(r.xP50), "x-p50-µs")
+	b.ReportMetric(us(r.yP50), "y-p50-µs")
+	b.ReportMetric(r.p50Ratio, "x/y-p50")
+	b.ReportMetric(r.meanRatio, "x/y-mean")
+	results.mu.Lock()
+	defer results.mu.Unlock()
+	results.pairs = append(results.pairs, r)
+}
+
+func mean(d []time.Duration) time.Duration {
+	var sum time.Duration
+	for _, v := range d {
+		sum += v
+	}
+	return sum / time.Duration(max(len(d), 1))
 }
 
 // serverStats are the counters of a Redis server that drive reports per
@@ -291,7 +369,7 @@ func snapshot(b *testing.B, rdb *redis.Client) serverStats {
 
 // run calls f n times on exactly g goroutines (f gets the goroutine's index)
 // and fails b on the first error.
-func run(g, n int, f func(w int) error, b *testing.B) {
+func run(b *testing.B, g, n int, f func(w int) error) {
 	var (
 		next     atomic.Int64
 		wg       sync.WaitGroup
@@ -338,6 +416,14 @@ var results struct {
 	mu    sync.Mutex
 	order []string
 	last  map[string]result // the final (longest) round of each sub-benchmark
+	pairs []pairResult      // every round of BenchmarkPaired, in order
+}
+
+// pairResult is one round of BenchmarkPaired.
+type pairResult struct {
+	name                string
+	xP50, yP50          time.Duration
+	p50Ratio, meanRatio float64
 }
 
 func record(r result) {
@@ -357,10 +443,14 @@ func record(r result) {
 func printTable(w io.Writer) {
 	results.mu.Lock()
 	defer results.mu.Unlock()
-	if len(results.order) == 0 {
+	if len(results.order) == 0 && len(results.pairs) == 0 {
 		return
 	}
 	fmt.Fprintf(w, "\nRedis: %v, GOMAXPROCS %d\n", serverDesc.Load(), runtime.GOMAXPROCS(0))
+	printPairs(w)
+	if len(results.order) == 0 {
+		return
+	}
 	fmt.Fprintln(w, "\n| benchmark | goroutines | ops/s | p50 | p99 | 1st call p50 | 1st call p99 | EVALSHA/op | Redis cmds/op | script time/op | Redis CPU/op |")
 	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for _, name := range results.order {
@@ -372,6 +462,21 @@ func printTable(w io.Writer) {
 		bench := strings.TrimPrefix(name[:strings.LastIndex(name, "/")], "Benchmark")
 		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %s | %s | %.2f | %.1f | %.1fµs | %.0fµs |\n",
 			bench, r.goroutines, r.opsPerSec, fmtDur(r.p50), fmtDur(r.p99), first50, first99, r.scripts, r.commands, r.scriptTime, r.serverCPU)
+	}
+}
+
+// printPairs writes the final round of each BenchmarkPaired sub-benchmark.
+func printPairs(w io.Writer) {
+	if len(results.pairs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\n| one goroutine, alternating (x vs y) | x p50 | y p50 | x/y p50 | x/y mean |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: |")
+	for i, r := range results.pairs {
+		if i+1 < len(results.pairs) && results.pairs[i+1].name == r.name {
+			continue // an earlier, shorter round
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %.2f | %.2f |\n", r.name, fmtDur(r.xP50), fmtDur(r.yP50), r.p50Ratio, r.meanRatio)
 	}
 }
 
