@@ -8,15 +8,16 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- Give a sorted set of expiry times (and any companion keys) a TTL that ends
--- when its latest member expires.
-local function expire_zset(key, now, ...)
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  if last[2] then
-    local ms = math.max(1, math.ceil((tonumber(last[2]) - now) / 1000))
-    redis.call('PEXPIRE', key, ms)
-    for _, k in ipairs({...}) do
-      redis.call('PEXPIRE', k, ms)
+-- Make sure keys live at least ttl microseconds more: when the first has
+-- less left, give them all twice that. One PTTL in the common case; a key
+-- never outlives 2*ttl after its last use, and never expires under a live
+-- member (whatever TTLs other replicas use: each ensures its own).
+local function keep_ttl(ttl, ...)
+  local ms = math.ceil(ttl / 1000)
+  local keys = {...}
+  if redis.call('PTTL', keys[1]) < ms then
+    for _, k in ipairs(keys) do
+      redis.call('PEXPIRE', k, 2 * ms)
     end
   end
 end
@@ -46,22 +47,27 @@ local function wake_head(queue, channel)
 end
 
 -- Drop expired leases and waiters (a holder or waiter that died, or stopped
--- renewing). When that frees anything, wake the head of the queue.
+-- renewing). When that frees anything, wake the head of the queue. Returns
+-- the length of the queue.
 local function purge(leases, queue, waiters, now, channel)
-  local gone = redis.call('ZRANGEBYSCORE', waiters, '-inf', now)
+  local queued = redis.call('ZCARD', queue)
   local head_changed = false
-  if #gone > 0 then
-    local head = redis.call('ZRANGE', queue, 0, 0)[1]
-    for _, w in ipairs(gone) do
-      redis.call('ZREM', queue, w)
+  if queued > 0 then
+    local gone = redis.call('ZRANGEBYSCORE', waiters, '-inf', now)
+    if #gone > 0 then
+      local head = redis.call('ZRANGE', queue, 0, 0)[1]
+      for _, w in ipairs(gone) do
+        queued = queued - redis.call('ZREM', queue, w)
+      end
+      redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
+      head_changed = redis.call('ZRANGE', queue, 0, 0)[1] ~= head
     end
-    redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
-    head_changed = redis.call('ZRANGE', queue, 0, 0)[1] ~= head
   end
   local dropped = redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  if dropped > 0 or head_changed then
+  if (dropped > 0 or head_changed) and queued > 0 then
     wake_head(queue, channel)
   end
+  return queued
 end
 
 -- Remove a waiter from the queue; wake the next head if it was the head.

@@ -33,6 +33,10 @@ for i = 5 + n, #ARGV do
     lost_waiters[#lost_waiters + 1] = ARGV[i]
   end
 end
-expire_zset(leases, now)
-expire_zset(waiters, now, queue)
+if n > 0 then
+  keep_ttl(lease_ttl, leases)
+end
+if #ARGV > 4 + n then
+  keep_ttl(waiter_ttl, waiters, queue)
+end
 return {lost_leases, lost_waiters}

@@ -12,14 +12,21 @@
 --
 -- Returns the number of leases released.
 local leases, queue, waiters, channel = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
-local head = redis.call('ZRANGE', queue, 0, 0)[1]
-local released = 0
+local released, wake = 0, false
 for i = 2, #ARGV do
-  released = released + redis.call('ZREM', leases, ARGV[i])
-  redis.call('ZREM', queue, ARGV[i])
-  redis.call('ZREM', waiters, ARGV[i])
+  local id = ARGV[i]
+  if redis.call('ZREM', leases, id) == 1 then
+    released = released + 1
+    wake = true
+  elseif redis.call('ZSCORE', queue, id) then
+    -- A waiter withdrawing; if it was the head, the next one is.
+    local head = redis.call('ZRANGE', queue, 0, 0)[1]
+    redis.call('ZREM', queue, id)
+    redis.call('ZREM', waiters, id)
+    wake = wake or head == id
+  end
 end
-if released > 0 or redis.call('ZRANGE', queue, 0, 0)[1] ~= head then
+if wake then
   wake_head(queue, channel)
 end
 return released

@@ -87,6 +87,10 @@ func (o *Options) fill() error {
 	return nil
 }
 
+// acquireTimeout bounds one acquire call to Redis (the callers' deadlines
+// bound it too).
+const acquireTimeout = 5 * time.Second
+
 // fallbackPoll bounds how long a waiter sleeps without news; wake-ups come by
 // pub/sub, so this only matters if a message was lost.
 const fallbackPoll = 5 * time.Second
@@ -101,6 +105,9 @@ type Semaphore struct {
 	keys     []string // leases, queue, waiters, bucket
 	channel  string
 	interval int64 // microseconds per token; 0 without Rate
+
+	acq *batcher[acquireReq, [3]int64]
+	rel *batcher[[]string, struct{}]
 
 	mu      sync.Mutex
 	waiters map[string]*waiter
@@ -136,6 +143,8 @@ func New(rdb redis.UniversalClient, budget string, opt Options) (*Semaphore, err
 	if !opt.Rate.IsZero() {
 		s.interval = limiter.IntervalMicros(opt.Rate)
 	}
+	s.acq = &batcher[acquireReq, [3]int64]{run: s.acquireBatch, timeout: acquireTimeout}
+	s.rel = &batcher[[]string, struct{}]{run: s.releaseBatch, timeout: opt.CleanupTimeout}
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	s.ps = rdb.Subscribe(ctx, s.channel)
@@ -189,10 +198,6 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 	} else if s.isClosed() {
 		return nil, ErrClosed
 	}
-	mode := "wait"
-	if try {
-		mode = "try"
-	}
 	for {
 		maxWait := int64(-1)
 		deadline, hasDeadline := ctx.Deadline()
@@ -205,12 +210,7 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 			maxWait = left.Microseconds()
 		}
 		sent := time.Now()
-		res, err := scripts.Acquire.Run(ctx, s.rdb, s.keys, id, s.opt.Size,
-			s.opt.LeaseTTL.Microseconds(), s.opt.WaiterTTL.Microseconds(),
-			maxWait, s.interval, s.opt.Rate.Burst, mode, s.channel).Int64Slice()
-		if err == nil && len(res) != 3 {
-			err = fmt.Errorf("unexpected reply %v", res)
-		}
+		res, err := s.acq.do(ctx, acquireReq{id: id, maxWait: maxWait, try: try})
 		if err != nil {
 			// The script may have run (a reply lost, a timeout): the id
 			// makes undoing it exact.
@@ -276,17 +276,57 @@ func (s *Semaphore) withdraw(ctx context.Context, id string) {
 }
 
 func (s *Semaphore) release(ctx context.Context, ids ...string) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opt.CleanupTimeout)
-	defer cancel()
-	args := make([]any, 0, 1+len(ids))
-	args = append(args, s.channel)
-	for _, id := range ids {
-		args = append(args, id)
-	}
-	if err := scripts.Release.Run(ctx, s.rdb, s.keys[:3], args...).Err(); err != nil {
+	if _, err := s.rel.do(context.WithoutCancel(ctx), ids); err != nil {
 		return fmt.Errorf("semaphore: release: %w", err)
 	}
 	return nil
+}
+
+// acquireReq is one caller's request in a batch of acquire.lua.
+type acquireReq struct {
+	id      string
+	maxWait int64 // microseconds; -1: no limit
+	try     bool
+}
+
+// acquireBatch runs acquire.lua for a batch; one {status, reason, hint} each.
+func (s *Semaphore) acquireBatch(ctx context.Context, reqs []acquireReq) ([][3]int64, error) {
+	args := make([]any, 0, 6+3*len(reqs))
+	args = append(args, s.opt.Size, s.opt.LeaseTTL.Microseconds(), s.opt.WaiterTTL.Microseconds(),
+		s.interval, s.opt.Rate.Burst, s.channel)
+	for _, r := range reqs {
+		mode := "wait"
+		if r.try {
+			mode = "try"
+		}
+		args = append(args, r.id, r.maxWait, mode)
+	}
+	flat, err := scripts.Acquire.Run(ctx, s.rdb, s.keys, args...).Int64Slice()
+	if err != nil {
+		return nil, err
+	}
+	if len(flat) != 3*len(reqs) {
+		return nil, fmt.Errorf("unexpected reply %v", flat)
+	}
+	out := make([][3]int64, len(reqs))
+	for i := range out {
+		copy(out[i][:], flat[3*i:])
+	}
+	return out, nil
+}
+
+// releaseBatch runs release.lua for the ids of a batch of callers.
+func (s *Semaphore) releaseBatch(ctx context.Context, reqs [][]string) ([]struct{}, error) {
+	args := []any{s.channel}
+	for _, ids := range reqs {
+		for _, id := range ids {
+			args = append(args, id)
+		}
+	}
+	if err := scripts.Release.Run(ctx, s.rdb, s.keys[:3], args...).Err(); err != nil {
+		return nil, err
+	}
+	return make([]struct{}, len(reqs)), nil
 }
 
 // Check reports whether Redis answers and the scripts run; it also drops

@@ -297,7 +297,7 @@ func TestNoQueueJumping(t *testing.T) {
 	waitFor(t, func() bool { return state(t, s).Waiters == 1 })
 	// Another replica configured with room for two sees a free slot, but a
 	// waiter is ahead of it.
-	res, err := scripts.Acquire.Run(ctx, rdb, s.keys, "newcomer", 2, int64(15e6), int64(2e6), -1, 0, 0, "wait", s.channel).Int64Slice()
+	res, err := scripts.Acquire.Run(ctx, rdb, s.keys, 2, int64(15e6), int64(2e6), 0, 0, s.channel, "newcomer", -1, "wait").Int64Slice()
 	if err != nil {
 		t.Fatal(err)
 	}
