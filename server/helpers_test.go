@@ -210,6 +210,7 @@ type sleepRecord struct {
 // testEnv is the configuration of every harness: fast backoffs, short
 // deadlines; tests override what they exercise.
 var testEnv = map[string]string{
+	"SLUICE_RATE":             "100/s",
 	"SLUICE_QUEUE_TIMEOUT":    "1s",
 	"SLUICE_CALL_TIMEOUT":     "2s",
 	"SLUICE_REQUEST_TIMEOUT":  "10s",

@@ -223,7 +223,7 @@ func TestVendorBodyTooLarge(t *testing.T) {
 		for range maxResponseBody>>20 + 1 {
 			_, _ = io.WriteString(w, chunk)
 		}
-	}, nil)
+	}, map[string]string{"SLUICE_CALL_TIMEOUT": "30s", "SLUICE_REQUEST_TIMEOUT": "60s"})
 	apiErr(t, h.chat(), 502)
 	if h.hits.Load() != 1 {
 		t.Errorf("%d hits", h.hits.Load())

@@ -39,7 +39,7 @@ func TestRealQueueTimeout(t *testing.T) {
 	h := newRealHarness(t, func(w http.ResponseWriter, r *http.Request) {
 		arrived <- struct{}{}
 		<-release
-	}, map[string]string{"SLUICE_CONCURRENCY": "1", "SLUICE_QUEUE_TIMEOUT": "300ms", "SLUICE_RATE": "100/s"})
+	}, map[string]string{"SLUICE_CONCURRENCY": "1", "SLUICE_QUEUE_TIMEOUT": "300ms"})
 	first := make(chan int, 1)
 	go func() {
 		resp := h.chat()
@@ -77,7 +77,7 @@ func TestRealRateEarlyFail(t *testing.T) {
 }
 
 func TestRealUserLimit(t *testing.T) {
-	h := newRealHarness(t, nil, map[string]string{"SLUICE_USER_RATE": "2/m", "SLUICE_RATE": "100/s"})
+	h := newRealHarness(t, nil, map[string]string{"SLUICE_USER_RATE": "2/m"})
 	for i := range 2 {
 		resp := h.chat()
 		readAll(t, resp)
@@ -115,7 +115,7 @@ func TestRealUserLimit(t *testing.T) {
 // TestUserIdentity: without auth the identity is the client IP, and
 // X-Forwarded-For counts only with SLUICE_TRUST_PROXY.
 func TestUserIdentity(t *testing.T) {
-	env := map[string]string{"SLUICE_USER_RATE": "1/m", "SLUICE_RATE": "100/s", "SLUICE_API_KEYS": ""}
+	env := map[string]string{"SLUICE_USER_RATE": "1/m", "SLUICE_API_KEYS": ""}
 	h := newRealHarness(t, nil, env)
 	readAll(t, h.chat("X-Forwarded-For", "10.0.0.1"))
 	apiErr(t, h.chat("X-Forwarded-For", "10.0.0.2"), 429) // same peer, same identity

@@ -50,7 +50,7 @@ var openaiVendor http.HandlerFunc = func(w http.ResponseWriter, r *http.Request)
 // TestOpenAISDK uses the official Go SDK, its retries off, as the client of
 // the gateway on the real semaphore: a plain and a streaming completion.
 func TestOpenAISDK(t *testing.T) {
-	h := newRealHarness(t, openaiVendor, map[string]string{"SLUICE_RATE": "100/s"})
+	h := newRealHarness(t, openaiVendor, nil)
 	client := openai.NewClient(option.WithBaseURL(h.gw.URL+"/v1"), option.WithAPIKey("k1"), option.WithMaxRetries(0))
 	params := openai.ChatCompletionNewParams{
 		Model:    "gpt-test",
