@@ -49,5 +49,7 @@
 // is answered 503 internal_error, not 500 (invariant I4).
 //
 // The gateway fails closed: without Redis it cannot keep the budget, so it
-// answers 503 fast, and /readyz is red until Redis is back.
+// answers 503 fast, and /readyz is red until Redis is back. There is no
+// fail-open switch on purpose: replicas admitting on their own would break
+// I1 and I2 at the vendor exactly when things are already going wrong.
 package server

@@ -234,3 +234,24 @@ func TestEmbeddedRedis(t *testing.T) {
 	}
 	_, _ = io.Copy(io.Discard, rec.Body)
 }
+
+// TestRedisCluster: SLUICE_REDIS_MODE=cluster with the other nodes as
+// ?addr= runs the same gateway on a Redis Cluster, per-user limit included.
+func TestRedisCluster(t *testing.T) {
+	addrs := redistest.NewCluster(t).Addrs()
+	u := "redis://" + addrs[0] + "?addr=" + strings.Join(addrs[1:], "&addr=")
+	h := newRealHarness(t, openaiVendor, map[string]string{
+		"SLUICE_REDIS_URL": u, "SLUICE_REDIS_MODE": "cluster", "SLUICE_USER_RATE": "2/m",
+	})
+	for _, body := range []string{`{"model":"m"}`, streamBody} {
+		if resp := h.do("POST", "/v1/chat/completions", body); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", body, resp.StatusCode, readAll(t, resp))
+		} else {
+			readAll(t, resp)
+		}
+	}
+	apiErr(t, h.chat(), 429)
+	if resp, _ := http.Get(h.gw.URL + "/readyz"); resp.StatusCode != 200 {
+		t.Errorf("readyz %d", resp.StatusCode)
+	}
+}
