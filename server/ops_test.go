@@ -2,9 +2,12 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -190,4 +193,46 @@ func (l *signalListener) Close() error {
 	err := l.Listener.Close()
 	l.once.Do(func() { close(l.closed) })
 	return err
+}
+
+// TestRun: sluice serve as a function: embedded Redis, listens, answers,
+// and returns nil once its context ends (SIGTERM in the command).
+func TestRun(t *testing.T) {
+	vendor := httptest.NewServer(openaiVendor)
+	defer vendor.Close()
+	cfg := testConfig(t, map[string]string{"SLUICE_LISTEN": "127.0.0.1:0", "SLUICE_UPSTREAM_URL": vendor.URL})
+	logs := newSyncBuffer()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil))) }()
+	var addr string
+	for addr == "" {
+		select {
+		case <-logs.wrote:
+		case err := <-done:
+			t.Fatalf("Run returned early: %v", err)
+		}
+		for line := range strings.SplitSeq(logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "sluice serve listening" {
+				addr, _ = m["addr"].(string)
+			}
+		}
+	}
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
+	req.Header.Set("Authorization", "Bearer k1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != 200 || !strings.Contains(body, "hello from the vendor") {
+		t.Errorf("%d %s", resp.StatusCode, body)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if !strings.Contains(logs.String(), "embedded in-process Redis") {
+		t.Error("no warning about the embedded Redis")
+	}
 }
