@@ -23,7 +23,7 @@ const (
 // OpenRedis connects to the store of cfg: SLUICE_REDIS_URL read as
 // SLUICE_REDIS_MODE says, or, when the URL is unset, an embedded in-process
 // Redis (miniredis, which runs the same Lua scripts) for a single replica,
-// with a warning. Close the returned function when done; it closes the
+// with a warning. Call the returned function when done: it closes the
 // client, and the embedded server if any.
 //
 // Commands are never retried by the client (MaxRetries -1, unless the URL
