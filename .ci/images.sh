@@ -109,7 +109,8 @@ build_gateway_image() {
 		return
 	fi
 	log "building $GATEWAY_IMAGE_NAME (offline: Dockerfile target prebuilt on scratch)"
-	local out
+	local out old
+	old=$(docker image inspect -f '{{.Id}}' "$GATEWAY_IMAGE_NAME" 2>/dev/null || true)
 	# The legacy builder's deprecation notice goes to stderr: shown on failure only.
 	if ! out=$(docker build -q --target prebuilt --build-arg RUNTIME_IMAGE=scratch \
 		--label "org.sluice.source=$source" -t "$GATEWAY_IMAGE_NAME" . 2>&1); then
@@ -120,6 +121,10 @@ build_gateway_image() {
 	# Smoke test: the binary runs in the image, as the image's user.
 	out=$(docker run --rm "$GATEWAY_IMAGE_NAME" --help) || { echo "images.sh: $GATEWAY_IMAGE_NAME does not run" >&2; exit 1; }
 	grep -q healthcheck <<<"$out" || { echo "images.sh: $GATEWAY_IMAGE_NAME: no healthcheck command" >&2; exit 1; }
+	# The replaced image, unless a container still uses it.
+	if [[ -n $old && $old != $(docker image inspect -f '{{.Id}}' "$GATEWAY_IMAGE_NAME") ]]; then
+		docker image rm "$old" >/dev/null 2>&1 || true
+	fi
 	log "built $GATEWAY_IMAGE_NAME ($(docker image inspect -f '{{.Size}}' "$GATEWAY_IMAGE_NAME" | numfmt --to=iec))"
 }
 
