@@ -55,38 +55,54 @@ func TestBatcherCombinesAndAnswersEachCaller(t *testing.T) {
 	t.Logf("%d callers in %d calls", n, calls.Load())
 }
 
-// A caller whose context ends while it waits for a batch leaves without its
-// request being sent; the others are still served.
-func TestBatcherDropsCancelledWaiters(t *testing.T) {
-	entered := make(chan struct{})
-	release := make(chan struct{})
+// A queued caller whose context ends leaves at once, even while its batch is
+// in flight and Redis does not answer; a request dropped before its batch
+// was sent is never sent; the others are still served.
+func TestBatcherCallersLeaveOnTheirDeadline(t *testing.T) {
+	firstIn, inflightIn := make(chan struct{}), make(chan struct{})
+	releaseFirst, releaseInflight := make(chan struct{}), make(chan struct{})
 	var sent sync.Map
-	b := &batcher[string, string]{timeout: time.Second, run: func(ctx context.Context, reqs []string) ([]string, error) {
+	b := &batcher[string, string]{timeout: time.Minute, run: func(ctx context.Context, reqs []string) ([]string, error) {
 		for _, r := range reqs {
 			sent.Store(r, true)
-		}
-		if _, first := sent.Load("first"); first && len(reqs) == 1 && reqs[0] == "first" {
-			close(entered)
-			<-release
+			switch r {
+			case "first":
+				close(firstIn)
+				<-releaseFirst
+			case "inflight":
+				close(inflightIn)
+				<-releaseInflight // Redis hangs
+			}
 		}
 		return reqs, nil
 	}}
 	go func() { _, _ = b.do(context.Background(), "first") }()
-	<-entered
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { _, err := b.do(ctx, "cancelled"); done <- err }()
+	<-firstIn
+	dropCtx, dropCancel := context.WithCancel(context.Background())
+	dropped := make(chan error)
+	go func() { _, err := b.do(dropCtx, "dropped"); dropped <- err }()
+	inflightCtx, inflightCancel := context.WithCancel(context.Background())
+	inflight := make(chan error)
+	go func() { _, err := b.do(inflightCtx, "inflight"); inflight <- err }()
 	other := make(chan string)
 	go func() { r, _ := b.do(context.Background(), "other"); other <- r }()
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled waiter: %v", err)
+
+	waitFor(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.pending) == 3 })
+	dropCancel()
+	if err := <-dropped; !errors.Is(err, context.Canceled) {
+		t.Fatalf("caller cancelled while queued: %v", err)
 	}
-	close(release)
+	close(releaseFirst)
+	<-inflightIn
+	inflightCancel()
+	if err := <-inflight; !errors.Is(err, context.Canceled) {
+		t.Fatalf("caller whose batch hangs: %v", err)
+	}
+	close(releaseInflight)
 	if r := <-other; r != "other" {
 		t.Fatalf("other got %q", r)
 	}
-	if _, ok := sent.Load("cancelled"); ok {
+	if _, ok := sent.Load("dropped"); ok {
 		t.Fatal("a request dropped before its batch was sent anyway")
 	}
 }

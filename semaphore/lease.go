@@ -2,6 +2,7 @@ package semaphore
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -90,7 +91,12 @@ func (l *Lease) Held() bool {
 // the lease's TTL runs out, and the error says so.
 func (l *Lease) Release(ctx context.Context) error {
 	l.releaseOnce.Do(func() {
-		l.end(ErrReleased)
+		if l.s.beginCleanup() {
+			defer l.s.cleanups.Done()
+		}
+		if !l.end(ErrReleased) && errors.Is(context.Cause(l.ctx), ErrReleased) {
+			return // Close released it
+		}
 		l.releaseErr = l.s.release(ctx, l.id)
 	})
 	return l.releaseErr
@@ -122,12 +128,12 @@ func (l *Lease) expire() {
 	l.end(ErrLeaseLost)
 }
 
-// end ends the lease locally, once, with cause.
-func (l *Lease) end(cause error) {
+// end ends the lease locally with cause; it reports whether this call did.
+func (l *Lease) end(cause error) bool {
 	l.mu.Lock()
 	if l.ended {
 		l.mu.Unlock()
-		return
+		return false
 	}
 	l.ended = true
 	l.timer.Stop()
@@ -136,4 +142,5 @@ func (l *Lease) end(cause error) {
 	l.s.mu.Lock()
 	delete(l.s.leases, l.id)
 	l.s.mu.Unlock()
+	return true
 }

@@ -114,8 +114,9 @@ type Semaphore struct {
 	leases  map[string]*Lease
 	closed  bool
 
-	stop context.CancelFunc
-	bg   sync.WaitGroup
+	stop     context.CancelFunc
+	bg       sync.WaitGroup
+	cleanups sync.WaitGroup // releases and withdrawals under way
 	ps   *redis.PubSub
 }
 
@@ -127,6 +128,10 @@ type waiter struct {
 // New returns the semaphore of budget. It subscribes to the budget's wake
 // channel and starts the renewal loop; it does not fail when Redis is down
 // (calls fail until it is back).
+//
+// For calls to end by their deadline when Redis hangs, give it a client
+// that honours context deadlines (go-redis Options.ContextTimeoutEnabled, as
+// sluice serve does) or has short read and write timeouts.
 func New(rdb redis.UniversalClient, budget string, opt Options) (*Semaphore, error) {
 	if err := opt.fill(); err != nil {
 		return nil, err
@@ -204,7 +209,7 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 		if hasDeadline {
 			left := time.Until(deadline)
 			if left <= 0 {
-				s.withdraw(ctx, id)
+				s.withdraw(id)
 				return nil, ctxError(ctx)
 			}
 			maxWait = left.Microseconds()
@@ -214,7 +219,7 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 		if err != nil {
 			// The script may have run (a reply lost, a timeout): the id
 			// makes undoing it exact.
-			s.withdraw(ctx, id)
+			s.withdraw(id)
 			if ctx.Err() != nil {
 				return nil, ctxError(ctx)
 			}
@@ -224,7 +229,7 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 		case granted:
 			l, ok := s.newLease(id, sent, res[1])
 			if !ok {
-				s.withdraw(ctx, id)
+				s.withdraw(id)
 				return nil, ErrClosed
 			}
 			return l, nil
@@ -250,29 +255,49 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			s.withdraw(ctx, id)
+			s.withdraw(id)
 			return nil, ctxError(ctx)
 		}
 		t.Stop()
 		if s.isClosed() {
-			s.withdraw(ctx, id)
+			s.withdraw(id)
 			return nil, ErrClosed
 		}
 	}
 }
 
-// ctxError is the error of a wait that ctx ended.
+// ctxError is the error of a wait that ctx ended, or whose deadline passed
+// (ctx may not say so yet: its timer can fire after the clock passed it).
 func ctxError(ctx context.Context) error {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("%w: %w", ErrQueueTimeout, context.DeadlineExceeded)
+	if err := ctx.Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
 	}
-	return ctx.Err()
+	return fmt.Errorf("%w: %w", ErrQueueTimeout, context.DeadlineExceeded)
 }
 
-// withdraw removes id from the queue and releases it if it was granted,
-// shielded from ctx's cancellation.
-func (s *Semaphore) withdraw(ctx context.Context, id string) {
-	_ = s.release(ctx, id)
+// withdraw removes id from the queue and releases it if it was granted, in
+// the background: the caller answers at once even if Redis is slow, and the
+// id makes the undo exact whenever it runs. Close waits for it.
+func (s *Semaphore) withdraw(id string) {
+	if !s.beginCleanup() {
+		_ = s.release(context.Background(), id)
+		return
+	}
+	go func() {
+		defer s.cleanups.Done()
+		_ = s.release(context.Background(), id)
+	}()
+}
+
+// beginCleanup counts a cleanup that Close must wait for; false once closed.
+func (s *Semaphore) beginCleanup() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.cleanups.Add(1)
+	return true
 }
 
 func (s *Semaphore) release(ctx context.Context, ids ...string) error {
@@ -390,6 +415,7 @@ func (s *Semaphore) Close() error {
 	if len(ids) > 0 {
 		err = s.release(context.Background(), ids...)
 	}
+	s.cleanups.Wait() // releases that callers started before Close
 	s.stop()
 	psErr := s.ps.Close() // unblocks Receive, which ignores ctx while reading
 	s.bg.Wait()
