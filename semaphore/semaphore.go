@@ -117,7 +117,7 @@ type Semaphore struct {
 	stop     context.CancelFunc
 	bg       sync.WaitGroup
 	cleanups sync.WaitGroup // releases and withdrawals under way
-	ps   *redis.PubSub
+	ps       *redis.PubSub
 }
 
 type waiter struct {
