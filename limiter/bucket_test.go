@@ -3,18 +3,15 @@ package limiter
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
-	"os"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/internal/invariant"
 	"github.com/sluicehq/sluice/internal/multiproc"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
@@ -133,11 +130,7 @@ func TestNoWindowExceedsBurstPlusRate(t *testing.T) {
 	slotsCh := make(chan []int64, procs+1)
 	go func() { slotsCh <- reserveUnderLoad(t, rdb, budget, lim, perProc) }()
 	for _, c := range children {
-		line := c.Expect(t, "SLOTS ")
-		if err := c.Wait(); err != nil {
-			t.Fatal(err)
-		}
-		slotsCh <- parseInts(t, strings.TrimPrefix(line, "SLOTS "))
+		slotsCh <- c.ExpectInts(t, "SLOTS")
 	}
 	var all []int64
 	for range procs + 1 {
@@ -148,7 +141,7 @@ func TestNoWindowExceedsBurstPlusRate(t *testing.T) {
 	}
 	for _, w := range []time.Duration{0, 20 * time.Millisecond, 100 * time.Millisecond, time.Second} {
 		limit := lim.Burst + int(float64(lim.Rate)*w.Seconds()/lim.Period.Seconds())
-		if got := maxInWindow(all, w.Microseconds()); got > limit {
+		if got := invariant.MaxInWindow(all, w.Microseconds()); got > limit {
 			t.Errorf("window %s: %d grants > burst + rate*W = %d", w, got, limit)
 		}
 	}
@@ -206,31 +199,5 @@ func TestChildBucket(t *testing.T) {
 	defer rdb.Close()
 	n, _ := strconv.Atoi(multiproc.Env(t, "N"))
 	slots := reserveUnderLoad(t, rdb, multiproc.Env(t, "BUDGET"), Limit{Rate: 50, Burst: 5, Period: time.Second}, n)
-	fmt.Fprintln(os.Stdout, "SLOTS", strings.Trim(fmt.Sprint(slots), "[]"))
-}
-
-func parseInts(t testing.TB, s string) []int64 {
-	var out []int64
-	for _, f := range strings.Fields(s) {
-		v, err := strconv.ParseInt(f, 10, 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, v)
-	}
-	return out
-}
-
-// maxInWindow returns the most timestamps in any closed window of length w.
-func maxInWindow(ts []int64, w int64) int {
-	s := slices.Clone(ts)
-	slices.Sort(s)
-	best, lo := 0, 0
-	for hi := range s {
-		for s[hi]-s[lo] > w {
-			lo++
-		}
-		best = max(best, hi-lo+1)
-	}
-	return best
+	multiproc.PrintInts("SLOTS", slots)
 }

@@ -37,6 +37,10 @@ var (
 	ErrLeaseLost = errors.New("semaphore: lease lost")
 	// ErrReleased is the cause of a lease's context after Release.
 	ErrReleased = errors.New("semaphore: lease released")
+	// ErrUnavailable marks errors of Redis itself (unreachable, failing,
+	// not answering in time). With ErrQueueTimeout too, Redis did not
+	// answer before the caller's deadline.
+	ErrUnavailable = errors.New("semaphore: redis unavailable")
 	// ErrClosed is returned by calls on a closed Semaphore.
 	ErrClosed = errors.New("semaphore: closed")
 )
@@ -220,10 +224,14 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 			// The script may have run (a reply lost, a timeout): the id
 			// makes undoing it exact.
 			s.withdraw(id)
-			if ctx.Err() != nil {
-				return nil, ctxError(ctx)
+			switch {
+			case errors.Is(ctx.Err(), context.Canceled):
+				return nil, ctx.Err()
+			case hasDeadline && !time.Now().Before(deadline):
+				// Redis did not answer before the deadline.
+				return nil, fmt.Errorf("%w: %w: %w", ErrQueueTimeout, ErrUnavailable, err)
 			}
-			return nil, fmt.Errorf("semaphore: acquire: %w", err)
+			return nil, fmt.Errorf("%w: acquire: %w", ErrUnavailable, err)
 		}
 		switch res[0] {
 		case granted:

@@ -2,9 +2,10 @@ package mockvendor
 
 import (
 	"math"
-	"slices"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/invariant"
 )
 
 // StatusClientGone is recorded (never sent) for a request whose client went
@@ -73,22 +74,7 @@ func (s Stats) MaxInWindow(w time.Duration) int {
 	for i, r := range s.Requests {
 		starts[i] = r.Start
 	}
-	return maxInWindow(starts, w)
-}
-
-// maxInWindow is MaxInWindow over arrival offsets; it sorts ts in place.
-func maxInWindow(ts []time.Duration, w time.Duration) int {
-	if !slices.IsSorted(ts) {
-		slices.Sort(ts)
-	}
-	best, lo := 0, 0
-	for hi, t := range ts {
-		for t-ts[lo] > w {
-			lo++
-		}
-		best = max(best, hi-lo+1)
-	}
-	return best
+	return invariant.MaxInWindow(starts, w)
 }
 
 // verdict is the vendor's decision on an arrival under its Limit.
@@ -289,7 +275,7 @@ func (r *recorder) maxInWindow(w time.Duration) (n, retained int) {
 	if w < 0 || len(ts) == 0 {
 		return 0, len(ts)
 	}
-	return maxInWindow(ts, w), len(ts)
+	return invariant.MaxInWindow(ts, w), len(ts)
 }
 
 // secondsCeil rounds d up to whole seconds, at least 1.

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -130,4 +131,35 @@ func (c *Child) Expect(t testing.TB, prefix string) string {
 	}
 	t.Fatalf("multiproc: child ended before printing %q: %v", prefix, c.Wait())
 	return ""
+}
+
+// PrintInts writes a line "prefix n1 n2 ..." to standard output, for the
+// parent to read with ExpectInts.
+func PrintInts(prefix string, ns []int64) {
+	var b strings.Builder
+	b.WriteString(prefix)
+	for _, n := range ns {
+		b.WriteByte(' ')
+		b.WriteString(strconv.FormatInt(n, 10))
+	}
+	fmt.Println(b.String())
+}
+
+// ExpectInts reads the child's line written by PrintInts with prefix, waits
+// for the child to exit successfully, and returns the numbers.
+func (c *Child) ExpectInts(t testing.TB, prefix string) []int64 {
+	t.Helper()
+	fields := strings.Fields(strings.TrimPrefix(c.Expect(t, prefix+" "), prefix))
+	if err := c.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	out := make([]int64, len(fields))
+	for i, f := range fields {
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			t.Fatalf("multiproc: %q: %v", prefix, err)
+		}
+		out[i] = n
+	}
+	return out
 }
