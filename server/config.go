@@ -71,7 +71,9 @@ type Config struct {
 	// request arrives from a private-network proxy (SLUICE_TRUST_PROXY).
 	TrustProxy bool
 	// ShutdownTimeout is how long in-flight requests may take to finish on
-	// SIGTERM (SLUICE_SHUTDOWN_TIMEOUT).
+	// SIGTERM (SLUICE_SHUTDOWN_TIMEOUT). Past it they are cut: answered 503
+	// shutting_down (a stream already started just ends), their leases
+	// released, within a few seconds more.
 	ShutdownTimeout time.Duration
 	// LogLevel is the level of the JSON log (SLUICE_LOG_LEVEL).
 	LogLevel slog.Level
@@ -216,7 +218,7 @@ var variables = []Variable{
 		}
 		return err
 	}},
-	{"SLUICE_SHUTDOWN_TIMEOUT", "30s", "on SIGTERM, how long in-flight requests may take to finish", func(c *Config, v string) (err error) {
+	{"SLUICE_SHUTDOWN_TIMEOUT", "30s", "on SIGTERM, how long in-flight requests may take to finish; then they are cut (503 shutting_down)", func(c *Config, v string) (err error) {
 		c.ShutdownTimeout, err = positiveDuration(v)
 		return err
 	}},

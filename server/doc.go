@@ -49,7 +49,15 @@
 // is answered 503 internal_error, not 500 (invariant I4).
 //
 // The gateway fails closed: without Redis it cannot keep the budget, so it
-// answers 503 fast, and /readyz is red until Redis is back. There is no
-// fail-open switch on purpose: replicas admitting on their own would break
-// I1 and I2 at the vendor exactly when things are already going wrong.
+// answers 503 fast, and /readyz is red until Redis is back.
+//
+// On SIGTERM (Serve's context ending) the gateway stops accepting and lets
+// the requests in flight finish for SLUICE_SHUTDOWN_TIMEOUT. Then it cuts
+// the rest: each is answered 503 shutting_down (a stream under way just
+// ends) and releases its lease itself, within a couple of seconds; only then
+// are the admitter and Redis closed.
+//
+// There is no fail-open switch on purpose: replicas admitting on their own
+// would break I1 and I2 at the vendor exactly when things are already going
+// wrong.
 package server

@@ -66,6 +66,11 @@ var (
 	// deterministic bug should not be retried on a schedule we promise.
 	errInternal = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "internal_error",
 		Message: "the gateway failed to handle this request; it has been logged"}
+	// errShuttingDown answers the requests still running when the shutdown
+	// deadline (SLUICE_SHUTDOWN_TIMEOUT) passes: this replica is going
+	// away, another one can serve the request at once.
+	errShuttingDown = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "shutting_down",
+		Message: "the gateway is shutting down and cut this request at its shutdown deadline; retry it", RetryAfter: time.Second}
 	errNotReady = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "not_ready",
 		Message: "not ready: the coordination store is unreachable or failing"}
 )

@@ -42,6 +42,9 @@ type fakeAdmitter struct {
 	acquires int
 	leases   map[*fakeLease]bool
 	closed   bool
+	// lateReleases counts releases once Close began, its own included:
+	// leases their requests did not release in time.
+	lateReleases int
 }
 
 func newFakeAdmitter(size int) *fakeAdmitter {
@@ -165,6 +168,9 @@ func (l *fakeLease) Release(context.Context) error {
 		l.a.mu.Lock()
 		l.a.held--
 		delete(l.a.leases, l)
+		if l.a.closed {
+			l.a.lateReleases++
+		}
 		l.a.mu.Unlock()
 		<-l.a.slots
 		l.a.released <- struct{}{}

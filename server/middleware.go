@@ -210,8 +210,12 @@ func (s *Server) limitUser(next echo.HandlerFunc) echo.HandlerFunc {
 		if s.users == nil {
 			return next(c)
 		}
-		d, err := s.users.Allow(c.Request().Context(), recordOf(c).user)
+		ctx := c.Request().Context()
+		d, err := s.users.Allow(ctx, recordOf(c).user)
 		if err != nil {
+			if ctx.Err() != nil { // the client went away, or the shutdown cut the request
+				return endedAnswer(ctx)
+			}
 			s.metrics.redisErrors.WithLabelValues("user_limit").Inc()
 			s.log.Warn("per-user limit failed", "request_id", recordOf(c).requestID, "error", err)
 			return errBackend

@@ -4,13 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // metricValue returns the value of the sample line that starts with series
@@ -182,6 +185,157 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 }
 
+// TestShutdownCutsRequests: requests still running at the shutdown deadline
+// are cut, not dropped: a request waiting for the vendor or for admission is
+// answered 503 shutting_down in the OpenAI shape, a stream already under way
+// ends cleanly, and each releases its own lease (after the cancel grace)
+// before the admitter closes, so nothing is left for it or for the TTL.
+func TestShutdownCutsRequests(t *testing.T) {
+	var arrived sync.WaitGroup
+	arrived.Add(3)
+	h := newHarness(t, func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if strings.Contains(string(body), `"stream":true`) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, sseChunk(0))
+			w.(http.Flusher).Flush()
+		}
+		arrived.Done()
+		<-r.Context().Done() // the vendor never finishes
+	}, map[string]string{"SLUICE_CONCURRENCY": "3", "SLUICE_SHUTDOWN_TIMEOUT": "300ms", "SLUICE_QUEUE_TIMEOUT": "5s"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- h.srv.Serve(ctx, ln) }()
+
+	type answer struct {
+		status int
+		header http.Header
+		body   string
+		err    error
+	}
+	send := func(body string) <-chan answer {
+		ch := make(chan answer, 1)
+		go func() {
+			req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/v1/chat/completions", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer k1")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				ch <- answer{err: err}
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			ch <- answer{resp.StatusCode, resp.Header, string(b), err}
+		}()
+		return ch
+	}
+	plain := []<-chan answer{send(`{"model":"m"}`), send(`{"model":"m"}`)}
+	stream := send(streamBody)
+	arrived.Wait()
+	queued := send(`{"model":"m"}`) // no slot left: waits for admission
+	for h.adm.Acquires() < 4 {
+		time.Sleep(time.Millisecond) // polling: the fake admitter has no signal for a waiter
+	}
+	start := time.Now()
+	stop()
+	for i, ch := range append(plain, queued) {
+		a := <-ch
+		var e errorBody
+		if a.err != nil || a.status != 503 || json.Unmarshal([]byte(a.body), &e) != nil || e.Error.Code != "shutting_down" ||
+			e.Error.Type == "" || e.Error.Message == "" || a.header.Get("Retry-After") == "" {
+			t.Errorf("request %d cut by the shutdown: %d %q %v %v", i, a.status, a.body, a.header, a.err)
+		}
+	}
+	if a := <-stream; a.err != nil || a.status != 200 || a.body != sseChunk(0) {
+		t.Errorf("stream cut by the shutdown: %d %q %v; want its first chunk, then a clean end", a.status, a.body, a.err)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+	if d := time.Since(start); d > 300*time.Millisecond+cutWait {
+		t.Errorf("Serve returned %s after the shutdown began", d)
+	}
+	h.adm.mu.Lock()
+	closed, held, late := h.adm.closed, h.adm.held, h.adm.lateReleases
+	h.adm.mu.Unlock()
+	if !closed || held != 0 || late != 0 {
+		t.Errorf("admitter closed %v, %d leases held, %d released only at or after Close", closed, held, late)
+	}
+	if n := h.hits.Load(); n != 3 {
+		t.Errorf("%d vendor calls, want 3", n)
+	}
+	if l := h.lastAccess("/v1/chat/completions"); l["outcome"] != "shutting_down" && l["outcome"] != "stream_cut" {
+		t.Errorf("access log %v", l)
+	}
+}
+
+// TestRunShutdownCut: sluice serve cut at its shutdown deadline answers the
+// request in flight, releases its lease while Redis is still open, and
+// returns nil.
+func TestRunShutdownCut(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	vendor := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		arrived <- struct{}{}
+		<-r.Context().Done()
+	}))
+	defer vendor.Close()
+	cfg := testConfig(t, map[string]string{"SLUICE_LISTEN": "127.0.0.1:0", "SLUICE_UPSTREAM_URL": vendor.URL, "SLUICE_SHUTDOWN_TIMEOUT": "200ms"})
+	logs := newSyncBuffer()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil))) }()
+	addr := listenAddr(t, logs, done)
+	answered := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
+		req.Header.Set("Authorization", "Bearer k1")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			answered <- err.Error()
+			return
+		}
+		answered <- strconv.Itoa(resp.StatusCode) + " " + readAll(t, resp)
+	}()
+	<-arrived
+	stop()
+	if got := <-answered; !strings.HasPrefix(got, "503 ") || !strings.Contains(got, `"shutting_down"`) {
+		t.Errorf("request cut by the shutdown: %s", got)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	for _, bad := range []string{"lease release failed", "client is closed", "closing with requests"} {
+		if strings.Contains(logs.String(), bad) {
+			t.Errorf("log has %q:\n%s", bad, logs.String())
+		}
+	}
+}
+
+// listenAddr waits for Run's "listening" log line and returns its address.
+func listenAddr(t *testing.T, logs *syncBuffer, done <-chan error) string {
+	t.Helper()
+	for {
+		select {
+		case <-logs.wrote:
+		case err := <-done:
+			t.Fatalf("Run returned early: %v", err)
+		}
+		for line := range strings.SplitSeq(logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "sluice serve listening" {
+				if addr, _ := m["addr"].(string); addr != "" {
+					return addr
+				}
+			}
+		}
+	}
+}
+
 // signalListener closes closed when it is closed.
 type signalListener struct {
 	net.Listener
@@ -205,20 +359,7 @@ func TestRun(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil))) }()
-	var addr string
-	for addr == "" {
-		select {
-		case <-logs.wrote:
-		case err := <-done:
-			t.Fatalf("Run returned early: %v", err)
-		}
-		for line := range strings.SplitSeq(logs.String(), "\n") {
-			var m map[string]any
-			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "sluice serve listening" {
-				addr, _ = m["addr"].(string)
-			}
-		}
-	}
+	addr := listenAddr(t, logs, done)
 	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
 	req.Header.Set("Authorization", "Bearer k1")
 	resp, err := http.DefaultClient.Do(req)

@@ -184,10 +184,13 @@ func (f *failure) class() string {
 	return "error"
 }
 
-// endedAnswer answers a request whose context ended: 504 when the request
-// deadline passed, else the client went away.
+// endedAnswer answers a request whose context ended: 503 when the shutdown
+// cut it, 504 when the request deadline passed, else the client went away.
 func endedAnswer(ctx context.Context) *apiError {
-	if errors.Is(context.Cause(ctx), errRequestDeadline) {
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errShutdownCut):
+		return errShuttingDown
+	case errors.Is(cause, errRequestDeadline):
 		return errSLA
 	}
 	return errClientClosed

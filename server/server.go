@@ -31,6 +31,9 @@ type Server struct {
 	metrics *metrics
 	// sleep waits between attempts; tests replace it to observe backoffs.
 	sleep func(ctx context.Context, d time.Duration) error
+	// work counts requests in progress: shutdown waits for it before
+	// closing the admitter and Redis.
+	work tracker
 
 	closeOnce sync.Once
 	closeErr  error
@@ -122,7 +125,11 @@ func (s *Server) routes() *echo.Echo {
 var proxiedMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 
 // ServeHTTP serves one request.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.work.add()
+	defer s.work.done()
+	s.echo.ServeHTTP(w, r)
+}
 
 func (s *Server) healthz(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
@@ -145,17 +152,34 @@ func (s *Server) readyz(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
 }
 
+// errShutdownCut is the cause of the context of a request that the
+// shutdown cut at its deadline.
+var errShutdownCut = errors.New("server: shutdown deadline")
+
+// cutWait bounds how long, after the shutdown deadline, the requests that
+// were cut may take to answer and release their leases before their
+// connections are closed and the admitter releases whatever is left.
+const cutWait = 2 * time.Second
+
 // Serve answers requests on ln until ctx ends, then shuts down gracefully:
-// it stops accepting, lets requests in flight finish for up to
-// ShutdownTimeout (then cuts them, which releases their leases), and closes
-// the Server. It returns nil after a clean shutdown.
+// it stops accepting and lets requests in flight finish for up to
+// ShutdownTimeout. Past it, it cuts those still running: their contexts end
+// (cause errShutdownCut), so each answers 503 shutting_down (a stream
+// already under way just ends) and releases its lease; it waits up to
+// cutWait for them, then closes what is left. Only when no request runs
+// and no lease release is under way does it close the Server (the admitter
+// releases anything still held), so the caller may then close Redis. It
+// returns nil after a clean shutdown.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	base, cut := context.WithCancelCause(context.Background())
+	defer cut(nil)
 	hs := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       s.cfg.RequestTimeout, // a body must arrive within the SLA
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return base },
 	}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
@@ -167,19 +191,31 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info("shutting down: draining requests in flight", "timeout", s.cfg.ShutdownTimeout.String())
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		s.log.Warn("shutdown deadline passed: cutting the remaining requests")
-		_ = hs.Close()
+	if err := hs.Shutdown(sctx); err != nil && sctx.Err() != nil {
+		s.log.Warn("shutdown deadline passed: cutting the requests still in flight", "requests", s.work.count())
+		cut(errShutdownCut)
+		// Shutdown again: it returns once every connection is idle, that
+		// is once the cut requests' answers are written.
+		cctx, cancel := context.WithTimeout(context.Background(), cutWait)
+		defer cancel()
+		if err := hs.Shutdown(cctx); err != nil && cctx.Err() != nil {
+			s.log.Warn("requests still running after the cut: closing their connections", "requests", s.work.count())
+			_ = hs.Close()
+		}
 	}
 	<-served
 	return s.Close()
 }
 
-// Close releases every lease the gateway still holds and stops the
-// admitter's background work. It does not close the Redis client, which the
-// caller owns.
+// Close waits (boundedly) for the requests still running and for lease
+// releases under way, releases every lease the gateway still holds and
+// stops the admitter's background work. It does not close the Redis client,
+// which the caller owns.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
+		if !s.work.wait(cutWait) {
+			s.log.Warn("closing with requests or lease releases still running; the admitter releases their leases", "count", s.work.count())
+		}
 		s.client.CloseIdleConnections()
 		s.closeErr = s.adm.Close()
 	})

@@ -24,8 +24,9 @@ func init() {
 const serveIntro = `Runs the gateway: POST /v1/chat/completions and every other /v1/* path go to
 SLUICE_UPSTREAM_URL within the vendor budget shared, through Redis, by every
 replica with the same SLUICE_REDIS_URL and SLUICE_BUDGET. Also serves
-GET /healthz, /readyz and /metrics. SIGTERM drains requests in flight, then
-releases every lease.`
+GET /healthz, /readyz and /metrics. SIGTERM drains requests in flight for
+SLUICE_SHUTDOWN_TIMEOUT, then cuts the rest (503 shutting_down), releases
+every lease and exits 0.`
 
 func runServe(args []string) int {
 	cfg, code, ok := loadServeConfig("serve", serveIntro, args, nil)
