@@ -49,7 +49,11 @@
 // is answered 503 internal_error, not 500 (invariant I4).
 //
 // The gateway fails closed: without Redis it cannot keep the budget, so it
-// answers 503 fast, and /readyz is red until Redis is back.
+// answers 503 backend_unavailable fast (with Retry-After), and /readyz is red
+// until Redis is back. A request whose queue deadline passes while Redis is
+// silent gets backend_unavailable too, not queue_timeout: shortly before the
+// deadline a waiting request probes Redis (at most one probe at a time), and
+// the answer at the deadline says which it was.
 //
 // On SIGTERM (Serve's context ending) the gateway stops accepting and lets
 // the requests in flight finish for SLUICE_SHUTDOWN_TIMEOUT. Then it cuts

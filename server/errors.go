@@ -53,8 +53,6 @@ var (
 		Message: "unknown path: this gateway serves /v1/..., /healthz, /readyz and /metrics"}
 	errUserLimited = &apiError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "rate_limit_exceeded",
 		Message: "too many requests for this client: retry after the time in the Retry-After header"}
-	errBackend = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "backend_unavailable",
-		Message: "the gateway cannot reach its coordination store, so it cannot admit calls to the vendor; try again later"}
 	errSLA = &apiError{Status: http.StatusGatewayTimeout, Type: "timeout_error", Code: "request_timeout",
 		Message: "the request did not complete within the gateway's request deadline"}
 	errClientClosed = &apiError{Status: statusClientClosed, Type: "invalid_request_error", Code: "client_closed_request",
@@ -83,6 +81,15 @@ func errQueueTimeout(queueTimeout time.Duration) *apiError {
 	return &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "queue_timeout",
 		Message:    "the vendor budget is saturated: the call could not start within the queue deadline; retry later",
 		RetryAfter: queueTimeout}
+}
+
+// errBackend answers a request that the gateway cannot admit because its
+// coordination store (Redis) does not answer: it fails closed, with the same
+// Retry-After as a queue timeout.
+func errBackend(retryAfter time.Duration) *apiError {
+	return &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "backend_unavailable",
+		Message:    "the gateway cannot reach its coordination store, so it cannot admit calls to the vendor; try again later",
+		RetryAfter: retryAfter}
 }
 
 // errVendorFailed answers a request whose vendor attempts all failed.

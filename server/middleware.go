@@ -218,7 +218,7 @@ func (s *Server) limitUser(next echo.HandlerFunc) echo.HandlerFunc {
 			}
 			s.metrics.redisErrors.WithLabelValues("user_limit").Inc()
 			s.log.Warn("per-user limit failed", "request_id", recordOf(c).requestID, "error", err)
-			return errBackend
+			return errBackend(s.cfg.QueueTimeout)
 		}
 		d.SetHeaders(c.Response().Header())
 		if !d.Allowed {

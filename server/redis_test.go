@@ -185,6 +185,47 @@ func TestRedisRecovers(t *testing.T) {
 	}
 }
 
+// TestRedisSilentAtQueueDeadline: a request queued for the only slot whose
+// queue deadline passes while Redis does not answer is told so (503
+// backend_unavailable, with Retry-After, counted as a Redis error), not that
+// the budget is saturated; and it is told at its deadline, not later.
+func TestRedisSilentAtQueueDeadline(t *testing.T) {
+	srv := redistest.NewIsolated(t)
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	h := newRealHarness(t, func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+	}, map[string]string{"SLUICE_REDIS_URL": srv.URL(), "SLUICE_CONCURRENCY": "1", "SLUICE_QUEUE_TIMEOUT": "1s"})
+	first := make(chan int, 1)
+	go func() {
+		resp := h.chat()
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	<-arrived
+	second := make(chan *http.Response, 1)
+	start := time.Now()
+	go func() { second <- h.chat() }()
+	time.Sleep(300 * time.Millisecond) // the second request queues; then Redis goes silent
+	srv.Pause(t)
+	resp := <-second
+	took := time.Since(start)
+	srv.Unpause(t)
+	close(release)
+	if e := apiErr(t, resp, 503); e.Error.Code != "backend_unavailable" || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("%+v %v", e.Error, resp.Header)
+	}
+	if took > time.Second+250*time.Millisecond {
+		t.Errorf("answered %s after it was sent, queue timeout 1s", took)
+	}
+	if got := metricValue(t, h, `sluice_redis_errors_total{op="admit"}`); got != "1" {
+		t.Errorf("redis errors %q", got)
+	}
+	if code := <-first; code != 200 {
+		t.Errorf("first request %d", code)
+	}
+}
+
 // TestEmbeddedRedis: without SLUICE_REDIS_URL the gateway runs on an
 // in-process Redis that runs the scripts and expires keys, with a warning.
 func TestEmbeddedRedis(t *testing.T) {

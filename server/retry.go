@@ -133,7 +133,14 @@ func (s *Server) admit(ctx context.Context, rec *record) (Lease, *failure) {
 	qctx, cancel := context.WithTimeout(ctx, s.cfg.QueueTimeout)
 	defer cancel()
 	start := time.Now()
+	// A request still waiting shortly before its queue deadline probes the
+	// store, so that at the deadline a silent store can be told from a
+	// saturated budget (see storeProbe).
+	lead := probeLead(s.cfg.QueueTimeout)
+	probeAt := start.Add(s.cfg.QueueTimeout - lead)
+	probe := time.AfterFunc(s.cfg.QueueTimeout-lead, func() { s.store.start(lead) })
 	lease, err := s.adm.Acquire(qctx)
+	probe.Stop()
 	wait := time.Since(start)
 	rec.queueWait += wait
 	s.metrics.queueWait.Observe(wait.Seconds())
@@ -144,15 +151,35 @@ func (s *Server) admit(ctx context.Context, rec *record) (Lease, *failure) {
 	case ctx.Err() != nil:
 		s.metrics.admissions.WithLabelValues("canceled").Inc()
 		return nil, &failure{answer: endedAnswer(ctx)}
-	case errors.Is(err, ErrQueueTimeout), errors.Is(err, context.DeadlineExceeded):
+	case waitedOut(qctx, err) && !s.store.answeredSince(probeAt.Add(-lead)):
+		// The queue deadline passed while the store was not answering:
+		// the budget may not be saturated at all.
+		return nil, s.storeFailed(rec, fmt.Errorf("the queue deadline passed and the store answered no probe since %s before it: %w", 2*lead, err))
+	case waitedOut(qctx, err), errors.Is(err, ErrQueueTimeout):
+		// The deadline passed while the store answered, or the store
+		// answered that the call cannot start in time.
 		s.metrics.admissions.WithLabelValues("queue_timeout").Inc()
 		return nil, &failure{answer: errQueueTimeout(s.cfg.QueueTimeout)}
 	default:
-		s.metrics.admissions.WithLabelValues("error").Inc()
-		s.metrics.redisErrors.WithLabelValues("admit").Inc()
-		s.log.Warn("admission failed: failing closed", "request_id", rec.requestID, "error", err)
-		return nil, &failure{answer: errBackend}
+		return nil, s.storeFailed(rec, err)
 	}
+}
+
+// waitedOut reports whether an admission failed because its queue deadline
+// passed while it waited (rather than because the store said in advance that
+// it could not be met, or failed). The clock decides: the context's own timer
+// may fire a moment after the admitter saw the deadline pass.
+func waitedOut(qctx context.Context, err error) bool {
+	deadline, _ := qctx.Deadline()
+	return qctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || !time.Now().Before(deadline)
+}
+
+// storeFailed fails a request closed because the store did not answer.
+func (s *Server) storeFailed(rec *record, err error) *failure {
+	s.metrics.admissions.WithLabelValues("error").Inc()
+	s.metrics.redisErrors.WithLabelValues("admit").Inc()
+	s.log.Warn("admission failed: failing closed", "request_id", rec.requestID, "error", err)
+	return &failure{answer: errBackend(s.cfg.QueueTimeout)}
 }
 
 // callFailure classifies the error of a vendor call (sending it, or reading

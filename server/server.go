@@ -31,9 +31,10 @@ type Server struct {
 	metrics *metrics
 	// sleep waits between attempts; tests replace it to observe backoffs.
 	sleep func(ctx context.Context, d time.Duration) error
-	// work counts requests in progress: shutdown waits for it before
-	// closing the admitter and Redis.
-	work tracker
+	// work counts requests in progress and background work on the store
+	// (probes): shutdown waits for it before closing the admitter and Redis.
+	work  tracker
+	store storeProbe
 
 	closeOnce sync.Once
 	closeErr  error
@@ -79,6 +80,7 @@ func New(cfg Config, opt Options) (*Server, error) {
 		}
 		s.adm = adm
 	}
+	s.store = storeProbe{check: func(ctx context.Context) error { return s.adm.Check(ctx) }, work: &s.work}
 	if !cfg.UserRate.IsZero() {
 		users, err := limiter.NewKeyLimiter(opt.Redis, cfg.Budget, cfg.UserRate)
 		if err != nil {
