@@ -166,3 +166,105 @@ func chatThrough(t *testing.T, ctx context.Context, base string) int {
 	}
 	return resp.StatusCode
 }
+
+// TestCancelGraceAtVendor: clients cancel at random moments, many while
+// their call is at the vendor. The gateway cancels the vendor call and
+// answers at once, but the vendor learns of the cancellation only when the
+// closed connection reaches it, one network hop later (here noticeHop, as a
+// vendor behind a load balancer or across a WAN sees it). Until then it
+// still counts the call: if the slot went to the next call at once, that
+// call could arrive first and the vendor would count C+1 (I1 is measured at
+// the vendor). SLUICE_CANCEL_GRACE (default 250ms) holds the lease of a call
+// cancelled in flight for that hop.
+func TestCancelGraceAtVendor(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test")
+	}
+	const (
+		c         = 2
+		clients   = 4
+		duration  = 3 * time.Second
+		noticeHop = 20 * time.Millisecond
+	)
+	vendor := mockvendortest.Start(t, mockvendor.Options{
+		LatencyMin: 20 * time.Millisecond, LatencyMax: 60 * time.Millisecond,
+		Limit: mockvendor.Limit{Concurrency: c},
+	})
+	front := httptest.NewServer(lateNotice(vendor.Vendor, noticeHop))
+	t.Cleanup(front.Close)
+	cfg := testConfig(t, map[string]string{
+		"SLUICE_REDIS_URL": redistest.New(t).URL(), "SLUICE_BUDGET": redistest.Budget(t),
+		"SLUICE_RATE": "1000/s", "SLUICE_BURST": "1000", "SLUICE_CONCURRENCY": "2",
+		"SLUICE_QUEUE_TIMEOUT": "3s", "SLUICE_CALL_TIMEOUT": "2s", "SLUICE_REQUEST_TIMEOUT": "5s",
+		"SLUICE_MAX_ATTEMPTS": "1",
+	})
+	if cfg.CancelGrace <= noticeHop {
+		t.Fatalf("SLUICE_CANCEL_GRACE %s does not cover the vendor's %s", cfg.CancelGrace, noticeHop)
+	}
+	cfg.UpstreamURL, _ = url.Parse(front.URL)
+	rdb, closeRedis, err := OpenRedis(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = closeRedis() })
+	s, err := New(cfg, Options{Redis: rdb, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	gw := httptest.NewServer(s)
+	t.Cleanup(gw.Close)
+
+	var (
+		mu       sync.Mutex
+		statuses = map[int]int{}
+	)
+	vendor.Reset()
+	stop := time.Now().Add(duration)
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+				ctx, cancel := context.WithCancel(context.Background())
+				if rand.Float64() < 0.5 {
+					time.AfterFunc(time.Duration(rand.Int64N(int64(100*time.Millisecond))), cancel)
+				}
+				status := chatThrough(t, ctx, gw.URL)
+				cancel()
+				mu.Lock()
+				statuses[status]++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	st := vendor.Stats()
+	t.Logf("answers %v; vendor: %d arrivals, max in flight %d, statuses %v, violations %d",
+		statuses, st.Arrivals, st.MaxInFlight, st.ByStatus, st.Violations)
+	if st.MaxInFlight > c || st.Violations > 0 {
+		t.Errorf("I1: the vendor saw %d calls in flight (C=%d), %d violations", st.MaxInFlight, c, st.Violations)
+	}
+	// Vendor calls whose answer no client got: cancelled at the vendor
+	// (usually a dozen; fewer when a stall slows the run down).
+	if st.Arrivals <= int64(statuses[200]) {
+		t.Error("no call was cancelled at the vendor: the test proves nothing")
+	}
+	if statuses[500] > 0 || statuses[-1] > 0 {
+		t.Errorf("I4: %d answers 500, %d malformed", statuses[500], statuses[-1])
+	}
+	if statuses[200] == 0 {
+		t.Error("no call completed")
+	}
+}
+
+// lateNotice fronts a vendor that learns of a closed connection hop after
+// its server does: the handler's context ends hop later.
+func lateNotice(vendor http.Handler, hop time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+		defer cancel()
+		stop := context.AfterFunc(r.Context(), func() { time.AfterFunc(hop, cancel) })
+		defer stop()
+		vendor.ServeHTTP(w, r.WithContext(ctx))
+	})
+}

@@ -53,6 +53,14 @@ type Config struct {
 	MaxAttempts int
 	// LeaseTTL is the semaphore lease TTL (SLUICE_LEASE_TTL).
 	LeaseTTL time.Duration
+	// CancelGrace is how long the lease of a vendor call that we cancelled
+	// while it was at the vendor (client gone, a deadline, shutdown) is
+	// still held before it is released, in the background after the
+	// client's answer (SLUICE_CANCEL_GRACE; zero: released at once). The
+	// vendor learns of a cancelled call one network hop after we do;
+	// releasing the slot before then lets it count C+1. Calls the vendor
+	// answered, or that never reached it, release at once.
+	CancelGrace time.Duration
 	// UserRate is the per-user REJECT limit; the zero Limit means off
 	// (SLUICE_USER_RATE, SLUICE_USER_BURST).
 	UserRate limiter.Limit
@@ -172,6 +180,10 @@ var variables = []Variable{
 	}},
 	{"SLUICE_LEASE_TTL", "15s", "semaphore lease TTL; held leases renew well inside it", func(c *Config, v string) (err error) {
 		c.LeaseTTL, err = positiveDuration(v)
+		return err
+	}},
+	{"SLUICE_CANCEL_GRACE", "250ms", "hold the slot of a call cancelled at the vendor this long: the vendor learns of a cancelled call one network hop after we do; releasing the slot before then lets it count C+1 (0: off)", func(c *Config, v string) (err error) {
+		c.CancelGrace, err = nonNegativeDuration(v)
 		return err
 	}},
 	{"SLUICE_USER_RATE", "off", "per-user limit (per client key, else per client IP), e.g. 20/m; past it: 429", func(c *Config, v string) error {
@@ -316,6 +328,14 @@ func positiveDuration(v string) (time.Duration, error) {
 	d, err := time.ParseDuration(v)
 	if err != nil || d <= 0 {
 		return 0, errors.New("want a positive duration, e.g. 500ms, 5s, 1m")
+	}
+	return d, nil
+}
+
+func nonNegativeDuration(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, errors.New("want a duration, e.g. 0, 250ms, 1s")
 	}
 	return d, nil
 }

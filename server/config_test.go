@@ -25,7 +25,7 @@ func TestConfigDefaults(t *testing.T) {
 		Listen: ":8080", RedisMode: "standalone", UpstreamURL: c.UpstreamURL, Budget: "default",
 		Rate:        limiter.Limit{Rate: 60, Burst: 1, Period: time.Minute},
 		Concurrency: 3, QueueTimeout: 5 * time.Second, CallTimeout: 30 * time.Second, RequestTimeout: 60 * time.Second,
-		MaxAttempts: 3, LeaseTTL: 15 * time.Second, MaxBody: 4 << 20,
+		MaxAttempts: 3, LeaseTTL: 15 * time.Second, CancelGrace: 250 * time.Millisecond, MaxBody: 4 << 20,
 		BackoffBase: 250 * time.Millisecond, BackoffMax: 10 * time.Second, ConnectTimeout: 5 * time.Second,
 		ShutdownTimeout: 30 * time.Second, LogLevel: slog.LevelInfo,
 	}
@@ -65,6 +65,8 @@ func TestConfigValues(t *testing.T) {
 		{"SLUICE_REQUEST_TIMEOUT", "90s", func(c Config) bool { return c.RequestTimeout == 90*time.Second }},
 		{"SLUICE_MAX_ATTEMPTS", "1", func(c Config) bool { return c.MaxAttempts == 1 }},
 		{"SLUICE_LEASE_TTL", "5s", func(c Config) bool { return c.LeaseTTL == 5*time.Second }},
+		{"SLUICE_CANCEL_GRACE", "1s", func(c Config) bool { return c.CancelGrace == time.Second }},
+		{"SLUICE_CANCEL_GRACE", "0", func(c Config) bool { return c.CancelGrace == 0 }},
 		{"SLUICE_USER_RATE", "20/m", func(c Config) bool { return c.UserRate == limiter.Limit{Rate: 20, Burst: 20, Period: time.Minute} }},
 		{"SLUICE_USER_RATE", "off", func(c Config) bool { return c.UserRate.IsZero() }},
 		{"SLUICE_API_KEYS", " a, b ,,c", func(c Config) bool {
@@ -114,6 +116,8 @@ func TestConfigErrors(t *testing.T) {
 		{"SLUICE_REQUEST_TIMEOUT", "soon"},
 		{"SLUICE_MAX_ATTEMPTS", "0"},
 		{"SLUICE_LEASE_TTL", "0s"},
+		{"SLUICE_CANCEL_GRACE", "-1ms"},
+		{"SLUICE_CANCEL_GRACE", "brief"},
 		{"SLUICE_USER_RATE", "lots"},
 		{"SLUICE_USER_BURST", "5"}, // without SLUICE_USER_RATE
 		{"SLUICE_API_KEYS", " , "},

@@ -48,6 +48,12 @@
 // keys are never logged (the log has a hashed key id) nor returned. A panic
 // is answered 503 internal_error, not 500 (invariant I4).
 //
+// One case delays the release, never the answer: when the gateway cancels a
+// call the vendor is still working on (client gone, call or request
+// deadline, shutdown), the vendor learns of it one network hop later, so the
+// lease is held SLUICE_CANCEL_GRACE longer, in the background, lest the next
+// call arrive first and the vendor count C+1.
+//
 // The gateway fails closed: without Redis it cannot keep the budget, so it
 // answers 503 backend_unavailable fast (with Retry-After), and /readyz is red
 // until Redis is back. A request whose queue deadline passes while Redis is

@@ -315,7 +315,10 @@ func (h *harness) start(cfg Config, rdb redis.UniversalClient, adm Admitter, ven
 	}
 	h.srv.sleep = func(ctx context.Context, d time.Duration) error {
 		h.mu.Lock()
-		h.sleeps = append(h.sleeps, sleepRecord{d: d, held: h.held()})
+		// Leases held through their cancel grace are the vendor's, not the
+		// sleeper's: it still counts the call the gateway cancelled.
+		held := h.held() - int(h.srv.graceHeld())
+		h.sleeps = append(h.sleeps, sleepRecord{d: d, held: held})
 		h.mu.Unlock()
 		return ctx.Err()
 	}
@@ -332,6 +335,20 @@ func (h *harness) start(cfg Config, rdb redis.UniversalClient, adm Admitter, ven
 			}
 		}
 	})
+}
+
+// graceHeld returns the leases held now through their cancel grace.
+func (s *Server) graceHeld() float64 {
+	families, err := s.metrics.reg.Gather()
+	if err != nil {
+		panic(err)
+	}
+	for _, f := range families {
+		if f.GetName() == "sluice_cancel_grace_leases" {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	panic("no sluice_cancel_grace_leases")
 }
 
 func (h *harness) sleepRecords() []sleepRecord {

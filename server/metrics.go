@@ -19,6 +19,7 @@ type metrics struct {
 	admissions      *prometheus.CounterVec   // outcome
 	queueWait       prometheus.Histogram
 	inflight        prometheus.Gauge
+	graceHeld       prometheus.Gauge
 	vendorAttempts  *prometheus.CounterVec // class
 	retries         *prometheus.CounterVec // reason
 	userRejections  prometheus.Counter
@@ -51,6 +52,10 @@ func newMetrics() *metrics {
 			Name: "sluice_vendor_inflight",
 			Help: "Vendor calls in flight from this replica.",
 		}),
+		graceHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_cancel_grace_leases",
+			Help: "Leases of vendor calls cancelled in flight, held for SLUICE_CANCEL_GRACE until the vendor has surely seen the cancellation.",
+		}),
 		vendorAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_vendor_attempts_total",
 			Help: "Vendor attempts sent, by result class: 2xx, 3xx, 4xx, 408, 429, 5xx, timeout, error.",
@@ -72,7 +77,7 @@ func newMetrics() *metrics {
 			Help: "Panics recovered while handling a request.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.requestDuration, m.admissions, m.queueWait, m.inflight,
+	m.reg.MustRegister(m.requests, m.requestDuration, m.admissions, m.queueWait, m.inflight, m.graceHeld,
 		m.vendorAttempts, m.retries, m.userRejections, m.redisErrors, m.panics,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

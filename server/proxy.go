@@ -209,6 +209,7 @@ func (s *Server) stream(c echo.Context, cl *call) error {
 			}
 			return nil
 		case err != nil:
+			cl.failed(err)
 			f := callFailure(c.Request().Context(), cl.ctx, err)
 			rec.outcome, rec.detail = "stream_cut", "the stream broke: "+f.detail
 			if f.answer != nil {

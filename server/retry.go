@@ -9,8 +9,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -92,7 +94,7 @@ func (s *Server) attempt(ctx context.Context, out *outbound, rec *record) (*call
 	if !lease.Held() { // e.g. this process was frozen past the lease TTL
 		return nil, &failure{reason: "lease_lost", detail: "the admission lease was lost before sending"}
 	}
-	req, err := http.NewRequestWithContext(cl.ctx, out.method, out.url, bytes.NewReader(out.body))
+	req, err := http.NewRequestWithContext(cl.traced(), out.method, out.url, bytes.NewReader(out.body))
 	if err != nil { // cannot happen: the URL is built from a validated base
 		return nil, &failure{answer: errInternal}
 	}
@@ -101,10 +103,12 @@ func (s *Server) attempt(ctx context.Context, out *outbound, rec *record) (*call
 	s.metrics.inflight.Inc()
 	resp, err := s.client.Do(req)
 	if err != nil {
+		cl.failed(err)
 		f := callFailure(ctx, cl.ctx, err)
 		s.metrics.vendorAttempts.WithLabelValues(f.class()).Inc()
 		return nil, f
 	}
+	resp.Body = &answerBody{ReadCloser: resp.Body, cl: cl}
 	cl.resp = resp
 	code := resp.StatusCode
 	s.metrics.vendorAttempts.WithLabelValues(statusClass(code)).Inc()
@@ -119,6 +123,7 @@ func (s *Server) attempt(ctx context.Context, out *outbound, rec *record) (*call
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody+1))
 	if err != nil {
+		cl.failed(err)
 		return nil, callFailure(ctx, cl.ctx, err)
 	}
 	if len(body) > maxResponseBody {
@@ -290,8 +295,17 @@ type call struct {
 	resp  *http.Response
 	// body is the buffered answer; nil for a stream.
 	body []byte
-	// sent is set once the request went to the vendor (in flight).
+	// sent is set once the request went to the transport (in flight).
 	sent bool
+	// wrote is set once the request's headers were written to the vendor:
+	// from then on the vendor may count the call.
+	wrote atomic.Bool
+	// complete is set when the vendor's answer was read to its end: the
+	// vendor no longer counts the call.
+	complete atomic.Bool
+	// vendorEnded is set when the vendor or the network broke the call
+	// (reset, refused, cut): the vendor knows it ended.
+	vendorEnded bool
 
 	parent context.Context
 	stop   func() bool
@@ -307,12 +321,59 @@ func (s *Server) newCall(ctx context.Context, lease Lease) *call {
 		cancel: func() { cancelCall(); cancelLease(nil) }}
 }
 
+// traced returns the call's context with a trace that records when the
+// request's headers are written.
+func (cl *call) traced() context.Context {
+	return httptrace.WithClientTrace(cl.ctx, &httptrace.ClientTrace{WroteHeaders: func() { cl.wrote.Store(true) }})
+}
+
+// failed records an error of the vendor call. Unless our side ended the call
+// (its context: the client, a deadline, the lease, the shutdown; or a
+// timeout of our transport), the vendor or the network broke it.
+func (cl *call) failed(err error) {
+	if cl.ctx.Err() != nil {
+		return
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		return
+	}
+	cl.vendorEnded = true
+}
+
+// answerBody is the vendor's answer; it records when it was read to its end.
+type answerBody struct {
+	io.ReadCloser
+	cl *call
+}
+
+func (b *answerBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.cl.complete.Store(true)
+	}
+	return n, err
+}
+
+// cancelledAtVendor reports whether we ended the call while the vendor was
+// still on it: the request reached it, its answer did not reach its end,
+// and the vendor did not break the call itself. The vendor then learns that
+// the call ended only when our closing of the connection (or stream) reaches
+// it, one network hop later.
+func (cl *call) cancelledAtVendor() bool {
+	return cl.wrote.Load() && !cl.complete.Load() && !cl.vendorEnded
+}
+
 // finish ends the call, once: closes the answer, cancels the call context,
 // and releases the lease, shielded from the request's cancellation by
-// context.WithoutCancel and bounded by its own deadline.
+// context.WithoutCancel and bounded by its own deadline. When we cancelled
+// the call while the vendor was on it, the lease is held for the cancel
+// grace first, in the background: the client's answer does not wait, and
+// shutdown waits for it.
 func (cl *call) finish() {
 	cl.once.Do(func() {
 		cl.stop() // ending the lease below must not look like losing it
+		// A lease already lost holds no slot: nothing to hold.
+		hold := cl.s.cfg.CancelGrace > 0 && cl.cancelledAtVendor() && cl.lease.Held()
 		if cl.resp != nil {
 			_ = cl.resp.Body.Close()
 		}
@@ -320,11 +381,25 @@ func (cl *call) finish() {
 		if cl.sent {
 			cl.s.metrics.inflight.Dec()
 		}
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(cl.parent), releaseTimeout)
-		defer cancel()
-		if err := cl.lease.Release(ctx); err != nil {
-			cl.s.metrics.redisErrors.WithLabelValues("release").Inc()
-			cl.s.log.Warn("lease release failed; the lease expires by its TTL", "error", err)
+		if !hold {
+			cl.release()
+			return
 		}
+		cl.s.metrics.graceHeld.Inc()
+		cl.s.work.goTracked(func() {
+			defer cl.s.metrics.graceHeld.Dec()
+			time.Sleep(cl.s.cfg.CancelGrace)
+			cl.release()
+		})
 	})
+}
+
+// release gives the lease back, shielded and bounded.
+func (cl *call) release() {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(cl.parent), releaseTimeout)
+	defer cancel()
+	if err := cl.lease.Release(ctx); err != nil {
+		cl.s.metrics.redisErrors.WithLabelValues("release").Inc()
+		cl.s.log.Warn("lease release failed; the lease expires by its TTL", "error", err)
+	}
 }

@@ -32,7 +32,8 @@ type Server struct {
 	// sleep waits between attempts; tests replace it to observe backoffs.
 	sleep func(ctx context.Context, d time.Duration) error
 	// work counts requests in progress and background work on the store
-	// (probes): shutdown waits for it before closing the admitter and Redis.
+	// (leases held through their cancel grace, probes): shutdown waits for
+	// it before closing the admitter and Redis.
 	work  tracker
 	store storeProbe
 
@@ -159,8 +160,9 @@ func (s *Server) readyz(c echo.Context) error {
 var errShutdownCut = errors.New("server: shutdown deadline")
 
 // cutWait bounds how long, after the shutdown deadline, the requests that
-// were cut may take to answer and release their leases before their
-// connections are closed and the admitter releases whatever is left.
+// were cut may take to answer and release their leases (cancel grace
+// included) before their connections are closed and the admitter releases
+// whatever is left.
 const cutWait = 2 * time.Second
 
 // Serve answers requests on ln until ctx ends, then shuts down gracefully:
@@ -215,7 +217,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // which the caller owns.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
-		if !s.work.wait(cutWait) {
+		if !s.work.wait(cutWait + s.cfg.CancelGrace) {
 			s.log.Warn("closing with requests or lease releases still running; the admitter releases their leases", "count", s.work.count())
 		}
 		s.client.CloseIdleConnections()

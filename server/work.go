@@ -7,8 +7,8 @@ import (
 )
 
 // tracker counts the work of a Server that must end before its admitter and
-// its Redis client close: requests being handled, store probes. Its zero
-// value is ready to use.
+// its Redis client close: requests being handled, leases held through their
+// cancel grace, store probes. Its zero value is ready to use.
 type tracker struct {
 	mu   sync.Mutex
 	n    int
