@@ -14,7 +14,8 @@ type Admitter interface {
 	// Acquire waits for a token and a slot, first come first served across
 	// replicas. ctx's deadline is the queue deadline: when the slot cannot
 	// be had before it, Acquire fails with an error matching
-	// ErrQueueTimeout, early if that is known in advance. When ctx is
+	// ErrQueueTimeout, early if that is known in advance; matching
+	// ErrUnavailable too if the store did not answer by then. When ctx is
 	// cancelled it returns ctx's error. Any other error means the shared
 	// store is failing, and the gateway fails closed.
 	Acquire(ctx context.Context) (Lease, error)
@@ -42,3 +43,8 @@ type Lease interface {
 // call could not start within the queue deadline. It is the semaphore's own
 // sentinel, so the semaphore's errors need no translation.
 var ErrQueueTimeout = semaphore.ErrQueueTimeout
+
+// ErrUnavailable is matched by Admitter errors of the store itself
+// (unreachable, failing, not answering in time), also together with
+// ErrQueueTimeout. It is the semaphore's own sentinel.
+var ErrUnavailable = semaphore.ErrUnavailable

@@ -3,6 +3,8 @@ package server
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -223,6 +225,53 @@ func TestRedisSilentAtQueueDeadline(t *testing.T) {
 	}
 	if code := <-first; code != 200 {
 		t.Errorf("first request %d", code)
+	}
+}
+
+// TestQueueDeadlineStoreOrBudget: at the queue deadline the answer says
+// whether the store was silent (backend_unavailable) or the budget full
+// (queue_timeout), from the admitter's error or, when it cannot tell, from
+// the probe of the store started shortly before the deadline. Both carry
+// Retry-After; only the first counts as a Redis error.
+func TestQueueDeadlineStoreOrBudget(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		acquire  error // the admitter's error; nil: it waits out the deadline
+		checkErr error // the probe's answer
+		code     string
+	}{
+		{"the store did not answer a call", fmt.Errorf("%w: %w: i/o timeout", ErrQueueTimeout, ErrUnavailable), nil, "backend_unavailable"},
+		{"the store fails", fmt.Errorf("%w: acquire: connection refused", ErrUnavailable), nil, "backend_unavailable"},
+		{"waited out, store silent", nil, errors.New("i/o timeout"), "backend_unavailable"},
+		{"waited out, store answers", nil, nil, "queue_timeout"},
+		{"known in advance", fmt.Errorf("%w: next token in 2s", ErrQueueTimeout), errors.New("i/o timeout"), "queue_timeout"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t, nil, map[string]string{"SLUICE_CONCURRENCY": "1", "SLUICE_QUEUE_TIMEOUT": "400ms"})
+			h.adm.slots <- struct{}{} // the only slot is taken
+			h.adm.set(func(a *fakeAdmitter) {
+				a.checkErr = c.checkErr
+				if c.acquire != nil {
+					a.script = []error{c.acquire}
+				}
+			})
+			start := time.Now()
+			resp := h.chat()
+			took := time.Since(start)
+			if e := apiErr(t, resp, 503); e.Error.Code != c.code || resp.Header.Get("Retry-After") == "" {
+				t.Errorf("%+v %v; want %s", e.Error, resp.Header, c.code)
+			}
+			if c.acquire == nil && (took < 400*time.Millisecond || took > 700*time.Millisecond) {
+				t.Errorf("answered after %s, queue timeout 400ms", took)
+			}
+			want := "1"
+			if c.code == "queue_timeout" {
+				want = "0"
+			}
+			if got := metricValue(t, h, `sluice_redis_errors_total{op="admit"}`); got != want && !(want == "0" && got == "") {
+				t.Errorf("redis errors %q, want %s", got, want)
+			}
+		})
 	}
 }
 

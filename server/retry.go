@@ -156,9 +156,13 @@ func (s *Server) admit(ctx context.Context, rec *record) (Lease, *failure) {
 	case ctx.Err() != nil:
 		s.metrics.admissions.WithLabelValues("canceled").Inc()
 		return nil, &failure{answer: endedAnswer(ctx)}
+	case errors.Is(err, ErrUnavailable):
+		// The store failed, or did not answer a call before the deadline.
+		return nil, s.storeFailed(rec, err)
 	case waitedOut(qctx, err) && !s.store.answeredSince(probeAt.Add(-lead)):
-		// The queue deadline passed while the store was not answering:
-		// the budget may not be saturated at all.
+		// The queue deadline passed while the store was not answering,
+		// although no call to it was under way: the budget may not be
+		// saturated at all.
 		return nil, s.storeFailed(rec, fmt.Errorf("the queue deadline passed and the store answered no probe since %s before it: %w", 2*lead, err))
 	case waitedOut(qctx, err), errors.Is(err, ErrQueueTimeout):
 		// The deadline passed while the store answered, or the store
