@@ -2,6 +2,8 @@ package semaphore
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -12,13 +14,18 @@ import (
 // the Redis work each script call costs; alone, a caller's request goes out
 // at once.
 //
-// A caller that leaves when its context ends does not know what became of
-// its request; it undoes it by id.
+// A caller that leaves when its context ends while its request is in flight
+// does not know what became of it: the abandoned hook undoes it, after the
+// answer.
 type batcher[Req, Res any] struct {
 	// run executes one batch; it returns one result per request, in order.
 	run func(ctx context.Context, reqs []Req) ([]Res, error)
 	// timeout bounds one batch call, whatever its callers' deadlines.
 	timeout time.Duration
+	// abandoned, if set, is called with the request of a caller that left
+	// while its batch was in flight, once that batch has been answered:
+	// only then can undoing the request not run before the request itself.
+	abandoned func(Req)
 
 	mu      sync.Mutex
 	pending []*batchCall[Req, Res]
@@ -65,22 +72,32 @@ func (b *batcher[Req, Res]) do(ctx context.Context, req Req) (Res, error) {
 	case <-c.done:
 		return c.res, c.err
 	case <-ctx.Done():
-		b.drop(c)
+		if !b.drop(c) && b.abandoned != nil {
+			go func() {
+				<-c.done
+				b.abandoned(c.req)
+			}()
+		}
 		var zero Res
-		return zero, ctx.Err()
+		return zero, fmt.Errorf("%w: %w", errLeft, ctx.Err())
 	}
 }
 
-// drop removes c if it is still waiting for a batch.
-func (b *batcher[Req, Res]) drop(c *batchCall[Req, Res]) {
+// errLeft marks the error of a caller that left before its answer.
+var errLeft = errors.New("semaphore: caller left before the answer")
+
+// drop removes c if it is still waiting for a batch, and reports whether it
+// did (then the request was never sent).
+func (b *batcher[Req, Res]) drop(c *batchCall[Req, Res]) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for i, p := range b.pending {
 		if p == c {
 			b.pending = append(b.pending[:i], b.pending[i+1:]...)
-			return
+			return true
 		}
 	}
+	return false
 }
 
 // loop runs batches until no request is waiting.

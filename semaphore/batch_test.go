@@ -76,6 +76,13 @@ func TestBatcherCallersLeaveOnTheirDeadline(t *testing.T) {
 		}
 		return reqs, nil
 	}}
+	abandoned := make(chan string, 4)
+	b.abandoned = func(r string) {
+		if _, answered := sent.Load(r + "-answered"); !answered {
+			t.Errorf("%s undone before its batch was answered", r)
+		}
+		abandoned <- r
+	}
 	go func() { _, _ = b.do(context.Background(), "first") }()
 	<-firstIn
 	dropCtx, dropCancel := context.WithCancel(context.Background())
@@ -89,7 +96,7 @@ func TestBatcherCallersLeaveOnTheirDeadline(t *testing.T) {
 
 	waitFor(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.pending) == 3 })
 	dropCancel()
-	if err := <-dropped; !errors.Is(err, context.Canceled) {
+	if err := <-dropped; !errors.Is(err, context.Canceled) || !errors.Is(err, errLeft) {
 		t.Fatalf("caller cancelled while queued: %v", err)
 	}
 	close(releaseFirst)
@@ -98,11 +105,20 @@ func TestBatcherCallersLeaveOnTheirDeadline(t *testing.T) {
 	if err := <-inflight; !errors.Is(err, context.Canceled) {
 		t.Fatalf("caller whose batch hangs: %v", err)
 	}
+	sent.Store("inflight-answered", true)
 	close(releaseInflight)
+	if r := <-abandoned; r != "inflight" {
+		t.Fatalf("abandoned %q, want the in-flight request undone after its answer", r)
+	}
 	if r := <-other; r != "other" {
 		t.Fatalf("other got %q", r)
 	}
 	if _, ok := sent.Load("dropped"); ok {
 		t.Fatal("a request dropped before its batch was sent anyway")
+	}
+	select {
+	case r := <-abandoned:
+		t.Fatalf("%q undone although it was never sent", r)
+	default:
 	}
 }

@@ -152,7 +152,8 @@ func New(rdb redis.UniversalClient, budget string, opt Options) (*Semaphore, err
 	if !opt.Rate.IsZero() {
 		s.interval = limiter.IntervalMicros(opt.Rate)
 	}
-	s.acq = &batcher[acquireReq, [3]int64]{run: s.acquireBatch, timeout: acquireTimeout}
+	s.acq = &batcher[acquireReq, [3]int64]{run: s.acquireBatch, timeout: acquireTimeout,
+		abandoned: func(r acquireReq) { s.withdraw(r.id) }}
 	s.rel = &batcher[[]string, struct{}]{run: s.releaseBatch, timeout: opt.CleanupTimeout}
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
@@ -222,8 +223,11 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 		res, err := s.acq.do(ctx, acquireReq{id: id, maxWait: maxWait, try: try})
 		if err != nil {
 			// The script may have run (a reply lost, a timeout): the id
-			// makes undoing it exact.
-			s.withdraw(id)
+			// makes undoing it exact. A caller that left before the
+			// answer is undone by the batcher once the answer is in.
+			if !errors.Is(err, errLeft) {
+				s.withdraw(id)
+			}
 			switch {
 			case errors.Is(ctx.Err(), context.Canceled):
 				return nil, ctx.Err()
