@@ -231,6 +231,10 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 			switch {
 			case errors.Is(ctx.Err(), context.Canceled):
 				return nil, ctx.Err()
+			case errors.Is(err, errLeft):
+				// The deadline came during a round trip: nothing says
+				// Redis is down.
+				return nil, ctxError(ctx)
 			case hasDeadline && !time.Now().Before(deadline):
 				// Redis did not answer before the deadline.
 				return nil, fmt.Errorf("%w: %w: %w", ErrQueueTimeout, ErrUnavailable, err)

@@ -56,10 +56,10 @@
 //
 // The gateway fails closed: without Redis it cannot keep the budget, so it
 // answers 503 backend_unavailable fast (with Retry-After), and /readyz is red
-// until Redis is back. A request whose queue deadline passes while Redis is
-// silent gets backend_unavailable too, not queue_timeout: shortly before the
-// deadline a waiting request probes Redis (at most one probe at a time), and
-// the answer at the deadline says which it was.
+// until Redis is back. A request whose call to Redis fails, or is not
+// answered by its queue deadline, gets backend_unavailable; one that was only
+// waiting in the queue when Redis went silent cannot tell that from a full
+// budget and gets queue_timeout (503 all the same, at its deadline).
 //
 // On SIGTERM (Serve's context ending) the gateway stops accepting and lets
 // the requests in flight finish for SLUICE_SHUTDOWN_TIMEOUT. Then it cuts

@@ -34,8 +34,7 @@ type Server struct {
 	// work counts requests in progress and background work on the store
 	// (leases held through their cancel grace, probes): shutdown waits for
 	// it before closing the admitter and Redis.
-	work  tracker
-	store storeProbe
+	work tracker
 
 	closeOnce sync.Once
 	closeErr  error
@@ -81,7 +80,6 @@ func New(cfg Config, opt Options) (*Server, error) {
 		}
 		s.adm = adm
 	}
-	s.store = storeProbe{check: func(ctx context.Context) error { return s.adm.Check(ctx) }, work: &s.work}
 	if !cfg.UserRate.IsZero() {
 		users, err := limiter.NewKeyLimiter(opt.Redis, cfg.Budget, cfg.UserRate)
 		if err != nil {
