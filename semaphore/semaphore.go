@@ -95,6 +95,14 @@ func (o *Options) fill() error {
 // bound it too).
 const acquireTimeout = 5 * time.Second
 
+// minCallBudget is the least time left before the deadline for which a call
+// to Redis is still worth making; unansweredAfter is how long a call must
+// have had for its cut by the deadline to say that Redis does not answer.
+const (
+	minCallBudget   = 2 * time.Millisecond
+	unansweredAfter = 100 * time.Millisecond
+)
+
 // fallbackPoll bounds how long a waiter sleeps without news; wake-ups come by
 // pub/sub, so this only matters if a message was lost.
 const fallbackPoll = 5 * time.Second
@@ -213,7 +221,8 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 		deadline, hasDeadline := ctx.Deadline()
 		if hasDeadline {
 			left := time.Until(deadline)
-			if left <= 0 {
+			if left < minCallBudget {
+				// Too late for a round trip (e.g. woken at the deadline).
 				s.withdraw(id)
 				return nil, ctxError(ctx)
 			}
@@ -235,8 +244,12 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 				// The deadline came during a round trip: nothing says
 				// Redis is down.
 				return nil, ctxError(ctx)
+			case hasDeadline && !time.Now().Before(deadline) && deadline.Sub(sent) < unansweredAfter:
+				// A short round trip cut by the deadline: nothing says
+				// Redis is down.
+				return nil, ctxError(ctx)
 			case hasDeadline && !time.Now().Before(deadline):
-				// Redis did not answer before the deadline.
+				// Redis did not answer a call before the deadline.
 				return nil, fmt.Errorf("%w: %w: %w", ErrQueueTimeout, ErrUnavailable, err)
 			}
 			return nil, fmt.Errorf("%w: acquire: %w", ErrUnavailable, err)

@@ -325,3 +325,31 @@ func TestCtxErrorNeverNil(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// With Redis healthy, a wait that reaches its deadline is a queue timeout,
+// never reported as Redis being unavailable (the gateway answers the two
+// differently).
+func TestDeadlineWithHealthyRedisIsNotUnavailable(t *testing.T) {
+	rdb := redistest.New(t).Client(t)
+	rdb.Options().ContextTimeoutEnabled = true
+	s := newSem(t, rdb, redistest.Budget(t), Options{Size: 1})
+	held, err := s.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release(context.Background())
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(10+i*5)*time.Millisecond)
+			defer cancel()
+			_, err := s.Acquire(ctx)
+			if !errors.Is(err, ErrQueueTimeout) || errors.Is(err, ErrUnavailable) {
+				t.Errorf("deadline %dms: %v", 10+i*5, err)
+			}
+		}()
+	}
+	wg.Wait()
+}
