@@ -3,13 +3,14 @@ package containertest
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/invariant"
 )
 
 // Record is the outcome of one request, as its client saw it.
@@ -77,28 +78,7 @@ func (s *Stack) Send(ctx context.Context, n *Node, h http.Header) Record {
 	}
 	rec.Status = resp.StatusCode
 	rec.RetryAfter = resp.Header.Get("Retry-After")
-	if resp.StatusCode/100 == 2 {
-		var ok struct {
-			Object  string `json:"object"`
-			Choices []any  `json:"choices"`
-		}
-		if err := json.Unmarshal(body, &ok); err != nil || ok.Object != "chat.completion" || len(ok.Choices) == 0 {
-			rec.Err = fmt.Sprintf("2xx answer is not a chat.completion: %.200q", body)
-		}
-		return rec
-	}
-	var e struct {
-		Error *struct {
-			Message string `json:"message"`
-			Type    string `json:"type"`
-			Code    string `json:"code"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal(body, &e); err != nil || e.Error == nil || e.Error.Message == "" || e.Error.Type == "" {
-		rec.Err = fmt.Sprintf("error answer not in the OpenAI shape: %.200q", body)
-		return rec
-	}
-	rec.Code = e.Error.Code
+	rec.Code, rec.Err = invariant.Answer(resp.StatusCode, body)
 	return rec
 }
 

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/invariant"
 )
 
 // record is the outcome of one request, as its client saw it.
@@ -194,28 +195,7 @@ func (l *load) send(gw int, cancel bool, h http.Header) record {
 	}
 	r.status = resp.StatusCode
 	r.retryAfter = resp.Header.Get("Retry-After")
-	if resp.StatusCode/100 == 2 {
-		var ok struct {
-			Object  string `json:"object"`
-			Choices []any  `json:"choices"`
-		}
-		if err := json.Unmarshal(body, &ok); err != nil || ok.Object != "chat.completion" || len(ok.Choices) == 0 {
-			r.err = fmt.Sprintf("2xx answer is not a chat.completion: %.200q", body)
-		}
-		return r
-	}
-	var e struct {
-		Error *struct {
-			Message string `json:"message"`
-			Type    string `json:"type"`
-			Code    string `json:"code"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal(body, &e); err != nil || e.Error == nil || e.Error.Message == "" || e.Error.Type == "" {
-		r.err = fmt.Sprintf("error answer not in the OpenAI shape: %.200q", body)
-		return r
-	}
-	r.code = e.Error.Code
+	r.code, r.err = invariant.Answer(resp.StatusCode, body)
 	return r
 }
 

@@ -27,3 +27,24 @@ func TestMaxInWindow(t *testing.T) {
 		t.Errorf("durations: %d", got)
 	}
 }
+
+func TestAnswer(t *testing.T) {
+	for _, tc := range []struct {
+		status    int
+		body      string
+		code      string
+		malformed bool
+	}{
+		{200, `{"object":"chat.completion","choices":[{}]}`, "", false},
+		{200, `{"object":"chat.completion","choices":[]}`, "", true},
+		{200, `oops`, "", true},
+		{503, `{"error":{"message":"m","type":"t","code":"queue_timeout"}}`, "queue_timeout", false},
+		{503, `{"error":{"message":"","type":"t"}}`, "", true},
+		{500, `panic: runtime error`, "", true},
+	} {
+		code, malformed := Answer(tc.status, []byte(tc.body))
+		if code != tc.code || (malformed != "") != tc.malformed {
+			t.Errorf("Answer(%d, %s) = %q, %q", tc.status, tc.body, code, malformed)
+		}
+	}
+}
