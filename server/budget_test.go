@@ -59,19 +59,7 @@ func TestBudgetAtVendor(t *testing.T) {
 	cfg.UpstreamURL, _ = url.Parse(vendor.URL)
 	var replicas []string
 	for range 2 {
-		rdb, closeRedis, err := OpenRedis(cfg, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = closeRedis() })
-		s, err := New(cfg, Options{Redis: rdb, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		gw := httptest.NewServer(s)
-		t.Cleanup(gw.Close)
-		replicas = append(replicas, gw.URL)
+		replicas = append(replicas, startReplica(t, cfg))
 	}
 
 	var (
@@ -202,18 +190,7 @@ func TestCancelGraceAtVendor(t *testing.T) {
 		t.Fatalf("SLUICE_CANCEL_GRACE %s does not cover the vendor's %s", cfg.CancelGrace, noticeHop)
 	}
 	cfg.UpstreamURL, _ = url.Parse(front.URL)
-	rdb, closeRedis, err := OpenRedis(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = closeRedis() })
-	s, err := New(cfg, Options{Redis: rdb, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	gw := httptest.NewServer(s)
-	t.Cleanup(gw.Close)
+	gwURL := startReplica(t, cfg)
 
 	var (
 		mu       sync.Mutex
@@ -229,7 +206,7 @@ func TestCancelGraceAtVendor(t *testing.T) {
 				if rand.Float64() < 0.5 {
 					time.AfterFunc(time.Duration(rand.Int64N(int64(100*time.Millisecond))), cancel)
 				}
-				status := chatThrough(t, ctx, gw.URL)
+				status := chatThrough(t, ctx, gwURL)
 				cancel()
 				mu.Lock()
 				statuses[status]++
@@ -267,4 +244,23 @@ func lateNotice(vendor http.Handler, hop time.Duration) http.Handler {
 		defer stop()
 		vendor.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// startReplica runs one gateway replica of cfg on its own Redis client and
+// returns its URL; everything stops when the test ends.
+func startReplica(t *testing.T, cfg Config) string {
+	t.Helper()
+	rdb, closeRedis, err := OpenRedis(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = closeRedis() })
+	s, err := New(cfg, Options{Redis: rdb, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	gw := httptest.NewServer(s)
+	t.Cleanup(gw.Close)
+	return gw.URL
 }

@@ -82,20 +82,7 @@ func TestSteadyLoadAboveBudget(t *testing.T) {
 			rep := res.rep
 			t.Logf("sluice load: %d requests, statuses %v, transport errors %d, latency p50 %v p99 %v",
 				rep.Requests, rep.Statuses, rep.TransportErrors, rep.Latency.P50, rep.Latency.P99)
-			for _, c := range rep.Checks {
-				t.Logf("sluice load check: %s %s: got %g, limit %g (%s)", c.Result, c.Name, c.Got, c.Limit, c.Detail)
-				if c.Result == load.Fail {
-					t.Errorf("sluice load check failed: %s: got %g, limit %g (%s)", c.Name, c.Got, c.Limit, c.Detail)
-				}
-			}
-			for code, n := range rep.Statuses {
-				if code != 200 && code != 503 {
-					t.Errorf("I4: %d answers %d", n, code)
-				}
-			}
-			if rep.TransportErrors > 0 {
-				t.Errorf("I4: %d requests got no answer: %v", rep.TransportErrors, rep.TransportErrorKinds)
-			}
+			checkLoadReport(t, rep)
 			v := s.CheckBudget(t)
 			if ok := rep.Statuses[200]; int64(ok) != v.Arrivals || v.ByStatus[200] != int64(ok) {
 				t.Errorf("I4/I6: %d answers 200, but the vendor received %d calls (by status %v): want one call per answer",
@@ -673,7 +660,21 @@ func TestClientsCancel(t *testing.T) {
 	if rep.Cancelled < rep.Requests/5 {
 		t.Errorf("only %d of %d requests were cancelled", rep.Cancelled, rep.Requests)
 	}
+	checkLoadReport(t, rep)
+	v := s.CheckBudget(t)
+	t.Logf("vendor: %d calls ended by their client going away (499)", v.ByStatus[499])
+	if v.Arrivals > int64(rep.Requests) {
+		t.Errorf("I6: the vendor received %d calls for %d requests", v.Arrivals, rep.Requests)
+	}
+	s.CheckDrained(t, time.Second)
+}
+
+// checkLoadReport fails the test for each invariant check of sluice load
+// that failed, and for answers other than 200 and 503 or no answer (I4).
+func checkLoadReport(t *testing.T, rep *load.Report) {
+	t.Helper()
 	for _, c := range rep.Checks {
+		t.Logf("sluice load check: %s %s: got %g, limit %g (%s)", c.Result, c.Name, c.Got, c.Limit, c.Detail)
 		if c.Result == load.Fail {
 			t.Errorf("sluice load check failed: %s: got %g, limit %g (%s)", c.Name, c.Got, c.Limit, c.Detail)
 		}
@@ -686,10 +687,4 @@ func TestClientsCancel(t *testing.T) {
 	if rep.TransportErrors > 0 {
 		t.Errorf("I4: %d requests got no answer: %v", rep.TransportErrors, rep.TransportErrorKinds)
 	}
-	v := s.CheckBudget(t)
-	t.Logf("vendor: %d calls ended by their client going away (499)", v.ByStatus[499])
-	if v.Arrivals > int64(rep.Requests) {
-		t.Errorf("I6: the vendor received %d calls for %d requests", v.Arrivals, rep.Requests)
-	}
-	s.CheckDrained(t, time.Second)
 }
