@@ -4,13 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/sluicehq/sluice/scripts"
+	"github.com/sluicehq/sluice/internal/redisstate"
 )
 
 var (
@@ -35,7 +34,7 @@ var (
 // concurrent use.
 type Bucket struct {
 	rdb      redis.Scripter
-	key      string
+	keys     redisstate.Keys
 	limit    Limit
 	interval int64 // microseconds per token, rounded up so the rate is never exceeded
 }
@@ -46,16 +45,7 @@ func NewBucket(rdb redis.Scripter, budget string, lim Limit) (*Bucket, error) {
 	if err := lim.Validate(); err != nil {
 		return nil, err
 	}
-	return &Bucket{rdb: rdb, key: BucketKey(budget), limit: lim, interval: IntervalMicros(lim)}, nil
-}
-
-// BucketKey is the Redis key of a budget's token bucket.
-func BucketKey(budget string) string { return KeyPrefix(budget) + "bucket" }
-
-// IntervalMicros is the time one token of lim takes to refill, in whole
-// microseconds rounded up, as the scripts use it.
-func IntervalMicros(lim Limit) int64 {
-	return int64(math.Ceil(float64(lim.Period.Microseconds()) / float64(lim.Rate)))
+	return &Bucket{rdb: rdb, keys: redisstate.For(budget), limit: lim, interval: redisstate.IntervalMicros(lim.Rate, lim.Period)}, nil
 }
 
 // Limit returns the bucket's limit.
@@ -91,11 +81,11 @@ func (r *Reservation) Cancel(ctx context.Context) (bool, error) {
 	}
 	ctx, stop := context.WithTimeout(context.WithoutCancel(ctx), shieldTimeout)
 	defer stop()
-	n, err := scripts.Cancel.Run(ctx, r.b.rdb, []string{r.b.key}, r.b.interval, r.n, r.tat).Int()
+	back, err := r.b.keys.Cancel(ctx, r.b.rdb, r.b.interval, r.n, r.tat)
 	if err != nil {
 		return false, fmt.Errorf("limiter: cancel: %w", err)
 	}
-	return n == 1, nil
+	return back, nil
 }
 
 // shieldTimeout bounds cleanup that must run after the caller gave up.
@@ -111,23 +101,16 @@ func (b *Bucket) Reserve(ctx context.Context, n int, maxWait time.Duration) (*Re
 	if n <= 0 {
 		return nil, fmt.Errorf("limiter: cost must be positive, got %d", n)
 	}
-	maxUS := int64(-1)
-	if maxWait >= 0 {
-		maxUS = maxWait.Microseconds()
-	}
 	start := time.Now()
-	res, err := scripts.Reserve.Run(ctx, b.rdb, []string{b.key}, b.interval, b.limit.Burst, n, maxUS).Int64Slice()
+	res, err := b.keys.Reserve(ctx, b.rdb, b.interval, b.limit.Burst, n, maxWait)
 	if err != nil {
 		return nil, fmt.Errorf("limiter: reserve: %w", err)
 	}
-	if len(res) != 3 {
-		return nil, fmt.Errorf("limiter: reserve: unexpected reply %v", res)
-	}
-	delay := time.Duration(res[1]) * time.Microsecond
-	if res[0] != 1 {
+	delay := res.Wait
+	if !res.OK {
 		return nil, fmt.Errorf("%w: next slot in %s, can wait %s", ErrQueueTimeout, delay, maxWait)
 	}
-	return &Reservation{b: b, n: n, tat: res[2], delay: delay, actAt: start.Add(delay)}, nil
+	return &Reservation{b: b, n: n, tat: res.TAT, delay: delay, actAt: start.Add(delay)}, nil
 }
 
 // Wait is WaitN(ctx, 1).

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/invariant"
 	"github.com/sluicehq/sluice/internal/multiproc"
+	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -66,12 +67,12 @@ func TestReserveQueueTimeoutConsumesNothing(t *testing.T) {
 	if _, err := b.Reserve(ctx, 1, 0); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := rdb.Get(ctx, BucketKey(budget)).Result()
+	before, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result()
 	_, err := b.Reserve(ctx, 1, time.Minute)
 	if !errors.Is(err, ErrQueueTimeout) {
 		t.Fatalf("got %v, want ErrQueueTimeout", err)
 	}
-	after, _ := rdb.Get(ctx, BucketKey(budget)).Result()
+	after, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result()
 	if before != after {
 		t.Fatalf("a refused reservation changed the bucket: %s -> %s", before, after)
 	}
@@ -145,7 +146,7 @@ func TestNoWindowExceedsBurstPlusRate(t *testing.T) {
 			t.Errorf("window %s: %d grants > burst + rate*W = %d", w, got, limit)
 		}
 	}
-	if keys, err := redistest.KeysWithoutTTL(context.Background(), rdb, KeyPrefix(budget)+"*"); err != nil || len(keys) > 0 {
+	if keys, err := redistest.KeysWithoutTTL(context.Background(), rdb, redisstate.Prefix(budget)+"*"); err != nil || len(keys) > 0 {
 		t.Fatalf("keys without TTL: %v %v", keys, err)
 	}
 }

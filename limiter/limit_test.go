@@ -41,16 +41,6 @@ func TestParseLimit(t *testing.T) {
 	}
 }
 
-func TestKeyPrefixIsAHashTag(t *testing.T) {
-	for _, budget := range []string{"default", "a{b}c", "x}", strings.Repeat("z", 100), "sp ace", ""} {
-		p := KeyPrefix(budget)
-		open, close := strings.IndexByte(p, '{'), strings.IndexByte(p, '}')
-		if open < 0 || close < open+2 || strings.Count(p, "{") != 1 || strings.Count(p, "}") != 1 || len(p) > 90 {
-			t.Errorf("KeyPrefix(%q) = %q: not a single well-formed hash tag", budget, p)
-		}
-	}
-}
-
 func TestKeyLimiterRejectsAndHashesKeys(t *testing.T) {
 	rdb := redistest.New(t).Client(t)
 	budget := redistest.Budget(t)

@@ -1,11 +1,21 @@
--- common.lua: helpers prepended to every sluice script (see scripts.go).
--- Time is Redis's own clock, in integer microseconds; replica clocks never
--- enter a decision. Integers stay below 2^53, so Lua numbers hold them
--- exactly and Redis returns them as integer replies without truncation.
+-- common.lua: helpers prepended to every sluice script (internal/redisstate
+-- joins them). Time is Redis's own clock, in integer microseconds; replica
+-- clocks never enter a decision. Integers stay below 2^53, so Lua numbers
+-- hold them exactly and Redis returns them as integer replies.
 
-local function now_us()
+-- The time of a decision: Redis TIME, but never earlier than the latest time
+-- a script of this budget used (kept in the clock key). A backward step of
+-- Redis's clock then holds time still until the clock catches up, instead of
+-- moving decisions into the past. The key lives ten minutes after last use.
+local function clock(key)
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('GET', key) or '0') or 0
+  if now < last then
+    now = last
+  end
+  redis.call('SET', key, string.format('%d', now), 'PX', 600000)
+  return now
 end
 
 -- Make sure keys live at least ttl microseconds more: when the first has
@@ -37,45 +47,47 @@ local function gcra_store(key, now, new_tat)
   redis.call('SET', key, string.format('%d', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
 end
 
--- Publish the id of the waiter at the head of the queue, if any, so the
--- replica that holds it retries at once.
-local function wake_head(queue, channel)
-  local head = redis.call('ZRANGE', queue, 0, 0)
-  if head[1] then
-    redis.call('PUBLISH', channel, head[1])
-  end
+-- The replica that owns a waiter or lease id: the part before the dot.
+local function owner(id)
+  return string.match(id, '^[^.]*')
 end
 
--- Drop expired leases and waiters (a holder or waiter that died, or stopped
--- renewing). When that frees anything, wake the head of the queue. Returns
--- the length of the queue.
-local function purge(leases, queue, waiters, now, channel)
-  local queued = redis.call('ZCARD', queue)
-  local head_changed = false
-  if queued > 0 then
-    local gone = redis.call('ZRANGEBYSCORE', waiters, '-inf', now)
-    if #gone > 0 then
-      local head = redis.call('ZRANGE', queue, 0, 0)[1]
-      for _, w in ipairs(gone) do
-        queued = queued - redis.call('ZREM', queue, w)
-      end
-      redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
-      head_changed = redis.call('ZRANGE', queue, 0, 0)[1] ~= head
+-- Publish the id of the waiter at the head of the queue to the channel of
+-- the replica that owns it (and to no other), so that replica retries it at
+-- once. A head whose replica's heartbeat has expired is dead: it is dropped
+-- and the next one looked at (at most 100 per call; the next call goes on).
+-- pub is PUBLISH or SPUBLISH (Redis Cluster 7+: the channel stays on the
+-- budget's shard). Returns the number of waiters dropped.
+local function wake_head(queue, replicas, now, wake_prefix, pub)
+  for i = 1, 100 do
+    local head = redis.call('ZRANGE', queue, 0, 0)[1]
+    if not head then
+      return i - 1
     end
+    local rep = owner(head)
+    local alive = tonumber(redis.call('ZSCORE', replicas, rep) or '0') or 0
+    if alive >= now then
+      redis.call(pub, wake_prefix .. rep, head)
+      return i - 1
+    end
+    redis.call('ZREM', queue, head)
   end
-  local dropped = redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  if (dropped > 0 or head_changed) and queued > 0 then
-    wake_head(queue, channel)
-  end
-  return queued
+  return 100
 end
 
--- Remove a waiter from the queue; wake the next head if it was the head.
-local function leave(queue, waiters, id, channel)
-  local head = redis.call('ZRANGE', queue, 0, 0)[1]
-  redis.call('ZREM', queue, id)
-  redis.call('ZREM', waiters, id)
-  if head == id then
-    wake_head(queue, channel)
+-- Drop the heads of the queue whose replica is dead (see wake_head), without
+-- waking anyone. Returns the number dropped.
+local function drop_dead_heads(queue, replicas, now)
+  for i = 1, 100 do
+    local head = redis.call('ZRANGE', queue, 0, 0)[1]
+    if not head then
+      return i - 1
+    end
+    local alive = tonumber(redis.call('ZSCORE', replicas, owner(head)) or '0') or 0
+    if alive >= now then
+      return i - 1
+    end
+    redis.call('ZREM', queue, head)
   end
+  return 100
 end

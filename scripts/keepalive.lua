@@ -1,42 +1,55 @@
--- keepalive.lua: renew the leases and queue places a replica holds, in one
--- call for all of them. Renewal never resurrects: a lease that has already
--- expired (or was released) is reported lost, not re-created. It also drops
--- whatever expired (a dead replica's leases and waiters) and wakes the head of
--- the queue if that freed anything.
+-- keepalive.lua: one call per replica per round. It renews the leases the
+-- replica holds and, while it has callers queued, its heartbeat: waiters are
+-- kept alive per replica, never one by one. Renewal never resurrects: a lease
+-- that has already expired (or was released) is reported lost, not
+-- re-created. It also drops expired leases and dead replicas' waiters at the
+-- head of the queue, and wakes the head if that changed anything. With no
+-- replica and no ids it is the upkeep (and the health check) alone.
 --
 -- KEYS[1]  leases
 -- KEYS[2]  queue
--- KEYS[3]  waiters
+-- KEYS[3]  replicas
+-- KEYS[4]  clock
 -- ARGV[1]  lease_ttl: microseconds
--- ARGV[2]  waiter_ttl: microseconds
--- ARGV[3]  wake channel
--- ARGV[4]  n: how many of the ids that follow are leases
--- ARGV[5..4+n] lease ids; ARGV[5+n..] waiter ids
+-- ARGV[2]  waiter_ttl: microseconds a heartbeat lasts
+-- ARGV[3]  wake prefix (see acquire.lua)
+-- ARGV[4]  PUBLISH or SPUBLISH
+-- ARGV[5]  replica: the caller, or "" (no heartbeat: it has no waiters)
+-- ARGV[6..] lease ids
 --
--- Returns {lost_leases, lost_waiters}: the ids that were no longer there.
-local leases, queue, waiters = KEYS[1], KEYS[2], KEYS[3]
-local lease_ttl, waiter_ttl, channel, n = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local now = now_us()
-purge(leases, queue, waiters, now, channel)
-local lost_leases, lost_waiters = {}, {}
-for i = 5, 4 + n do
+-- Returns {lost, stale}: lost = the lease ids that were no longer there;
+-- stale = 1 if the replica's heartbeat had expired (its waiters may have
+-- been dropped from the queue: they should ask again), else 0.
+local leases, queue, replicas = KEYS[1], KEYS[2], KEYS[3]
+local lease_ttl, waiter_ttl, wake_prefix, pub, replica = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local now = clock(KEYS[4])
+local wake = redis.call('ZREMRANGEBYSCORE', leases, '-inf', now) > 0
+local stale = 0
+if replica ~= '' then
+  local alive = tonumber(redis.call('ZSCORE', replicas, replica) or '0') or 0
+  if alive < now then
+    stale = 1
+  end
+  redis.call('ZADD', replicas, now + waiter_ttl, replica)
+  keep_ttl(waiter_ttl, queue, replicas)
+end
+redis.call('ZREMRANGEBYSCORE', replicas, '-inf', now)
+local queued = redis.call('ZCARD', queue)
+if queued > 0 and drop_dead_heads(queue, replicas, now) > 0 then
+  wake = true
+end
+local lost = {}
+for i = 6, #ARGV do
   if redis.call('ZSCORE', leases, ARGV[i]) then
     redis.call('ZADD', leases, 'XX', now + lease_ttl, ARGV[i])
   else
-    lost_leases[#lost_leases + 1] = ARGV[i]
+    lost[#lost + 1] = ARGV[i]
   end
 end
-for i = 5 + n, #ARGV do
-  if redis.call('ZSCORE', queue, ARGV[i]) then
-    redis.call('ZADD', waiters, 'XX', now + waiter_ttl, ARGV[i])
-  else
-    lost_waiters[#lost_waiters + 1] = ARGV[i]
-  end
-end
-if n > 0 then
+if #ARGV >= 6 then
   keep_ttl(lease_ttl, leases)
 end
-if #ARGV > 4 + n then
-  keep_ttl(waiter_ttl, waiters, queue)
+if wake then
+  wake_head(queue, replicas, now, wake_prefix, pub)
 end
-return {lost_leases, lost_waiters}
+return {lost, stale}
