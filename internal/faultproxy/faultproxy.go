@@ -20,9 +20,13 @@
 //     it forgets a flow (e.g. the connection of a SUBSCRIBE).
 //   - [Proxy.Watch]: nothing changes; the rule only signals.
 //
+// A command fires at most one rule: the earliest installed of those that
+// match. So rules for the same commands apply in the order they were
+// installed: DropReply then Hold of the same Match drops the reply of the
+// next such command and holds the one after it (e.g. go-redis's retry).
 // Every rule signals when its command reaches the proxy ([Rule.Matched]) and
 // when Redis answers it ([Rule.Done]), so tests wait on events, not on time.
-// [Proxy.Count] counts the commands that match.
+// [Proxy.Count] counts the commands that match, whatever the rules.
 //
 // Replies are paired with requests on connections that are not in pub/sub
 // mode; after SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE a connection's replies
@@ -243,8 +247,9 @@ func (p *Proxy) add(r *Rule) *Rule {
 	return r
 }
 
-// take counts a command and removes and returns the rules it fires.
-func (p *Proxy) take(args [][]byte) []*Rule {
+// take counts a command and removes and returns the rule it fires: the
+// earliest installed that matches, if any.
+func (p *Proxy) take(args [][]byte) *Rule {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, c := range p.counters {
@@ -252,18 +257,13 @@ func (p *Proxy) take(args [][]byte) []*Rule {
 			c.n.Add(1)
 		}
 	}
-	var fired []*Rule
-	kept := p.rules[:0]
-	for _, r := range p.rules {
+	for i, r := range p.rules {
 		if r.match.matches(args) {
-			fired = append(fired, r)
-		} else {
-			kept = append(kept, r)
+			p.rules = append(p.rules[:i], p.rules[i+1:]...)
+			return r
 		}
 	}
-	clear(p.rules[len(kept):])
-	p.rules = kept
-	return fired
+	return nil
 }
 
 func (p *Proxy) accept() {
@@ -337,10 +337,8 @@ func (c *conn) up() {
 			continue
 		}
 		c.remember(args)
-		fired := c.p.take(args)
 		req := &request{}
-		holed := false
-		for _, rule := range fired {
+		if rule := c.p.take(args); rule != nil {
 			rule.markMatched()
 			switch rule.kind {
 			case hold:
@@ -353,12 +351,11 @@ func (c *conn) up() {
 			case dropReply:
 				req.drop = true
 			case blackHole:
-				holed = true
+				if c.blackHole() {
+					continue
+				}
 			}
-			req.done = append(req.done, rule)
-		}
-		if holed && c.blackHole() {
-			continue
+			req.done = []*Rule{rule}
 		}
 		if !c.track(req, args) {
 			req.done = nil // unpaired: Done never fires

@@ -96,13 +96,29 @@ func TestDropReplyRunsTheCommandAndClosesTheClient(t *testing.T) {
 		t.Fatalf("Redis ran the command %v times (%v), want 1", v, err)
 	}
 
-	// ...and a client that retries (go-redis's default) runs it again.
+	// ...and a client that retries (go-redis's default) runs it again; a
+	// Hold installed after the DropReply catches the retry.
 	key = prefix + "retried"
 	p.DropReply(faultproxy.Match{Cmd: "INCR", Arg: key})
+	release := make(chan struct{})
+	held := p.Hold(faultproxy.Match{Cmd: "INCR", Arg: key}, release)
 	retry := client(t, p, nil)
-	v, err := retry.Incr(ctx, key).Result()
-	if err != nil || v != 2 {
-		t.Fatalf("retried INCR: %v, %v; want 2 (run twice), nil", v, err)
+	type result struct {
+		v   int64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := retry.Incr(ctx, key).Result()
+		done <- result{v, err}
+	}()
+	within(t, held.Matched(), 5*time.Second, "the retry reaching the proxy")
+	if v, err := direct.Get(ctx, key).Int(); err != nil || v != 1 {
+		t.Fatalf("while the retry is held: %v (%v), want 1", v, err)
+	}
+	close(release)
+	if r := <-done; r.err != nil || r.v != 2 {
+		t.Fatalf("retried INCR: %v, %v; want 2 (run twice), nil", r.v, r.err)
 	}
 }
 
