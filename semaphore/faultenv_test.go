@@ -9,8 +9,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/internal/faultproxy"
+	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
-	"github.com/sluicehq/sluice/scripts"
 	"github.com/sluicehq/sluice/semaphore"
 )
 
@@ -19,22 +19,21 @@ import (
 
 // budgetKeys are the Redis keys of a budget's semaphore.
 type budgetKeys struct {
-	leases  string // zset: lease id -> expiry
-	queue   string // zset: waiter id -> ticket
-	waiters string // zset: waiter id -> expiry
+	leases string // zset: lease id -> expiry
+	queue  string // zset: waiter id -> ticket
 }
 
 func keysOf(budget string) budgetKeys {
-	p := "sluice:{" + budget + "}:"
-	return budgetKeys{leases: p + "leases", queue: p + "queue", waiters: p + "waiters"}
+	k := redisstate.For(budget)
+	return budgetKeys{leases: k.Leases, queue: k.Queue}
 }
 
 // acquireCall and releaseCall match the script calls that take a slot and
 // that release or withdraw one (by their SHA: Script.Run sends EVALSHA, and
 // the scripts are loaded first, so no EVAL fallback happens).
 var (
-	acquireCall = faultproxy.Match{Cmd: "EVALSHA", Arg: scripts.Acquire.Hash()}
-	releaseCall = faultproxy.Match{Cmd: "EVALSHA", Arg: scripts.Release.Hash()}
+	acquireCall = faultproxy.Match{Cmd: "EVALSHA", Arg: redisstate.AcquireSHA()}
+	releaseCall = faultproxy.Match{Cmd: "EVALSHA", Arg: redisstate.ReleaseSHA()}
 )
 
 // subscribeCalls match the commands that open a subscription of budget's
@@ -58,7 +57,7 @@ func newFaultEnv(t *testing.T) *faultEnv {
 	srv := redistest.New(t)
 	e := &faultEnv{t: t, direct: srv.Client(t), proxy: faultproxy.New(t, srv.Addr()), budget: redistest.Budget(t)}
 	e.keys = keysOf(e.budget)
-	for _, s := range scripts.All {
+	for _, s := range redisstate.Scripts() {
 		if err := s.Load(context.Background(), e.direct).Err(); err != nil {
 			t.Fatal(err)
 		}

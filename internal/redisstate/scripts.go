@@ -244,3 +244,11 @@ func (s *Semaphore) Keepalive(ctx context.Context, rdb redis.Scripter, replica s
 	n, _ := res[1].(int64)
 	return lost, n == 1, nil
 }
+
+// AcquireSHA and ReleaseSHA are the SHA1s with which acquire.lua and
+// release.lua are sent (EVALSHA), for tests that pick those calls out of a
+// connection.
+func AcquireSHA() string { return acquireScript.Hash() }
+
+// ReleaseSHA: see AcquireSHA.
+func ReleaseSHA() string { return releaseScript.Hash() }
