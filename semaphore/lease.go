@@ -71,6 +71,20 @@ func (l *Lease) GrantedAt() time.Time {
 // from it, so that losing the slot aborts the work.
 func (l *Lease) Context() context.Context { return l.ctx }
 
+// Bind returns a context derived from parent that also ends when the lease
+// ends (lost, released or closed), with the lease's cause (see
+// context.Cause). Run the work the lease guards under it, so that losing the
+// slot aborts the work and the work ends with its caller too. Call cancel
+// when the work is done.
+func (l *Lease) Bind(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
+	ctx, cancelCause := context.WithCancelCause(parent)
+	stop := context.AfterFunc(l.ctx, func() { cancelCause(context.Cause(l.ctx)) })
+	return ctx, func() {
+		stop()
+		cancelCause(context.Canceled)
+	}
+}
+
 // Err returns nil while the lease is held, else why it ended (ErrReleased,
 // ErrLeaseLost or ErrClosed).
 func (l *Lease) Err() error {
