@@ -438,13 +438,13 @@ func (c *conn) down() {
 				return
 			}
 		}
-		if _, err := w.Write(raw); err != nil {
-			return
+		_, err = w.Write(raw)
+		if err == nil && r.Buffered() == 0 {
+			err = w.Flush()
 		}
-		if r.Buffered() == 0 {
-			if err := w.Flush(); err != nil {
-				return
-			}
+		if err != nil { // the client is gone
+			c.close()
+			return
 		}
 	}
 }
