@@ -52,42 +52,79 @@ local function owner(id)
   return string.match(id, '^[^.]*')
 end
 
--- Publish the id of the waiter at the head of the queue to the channel of
--- the replica that owns it (and to no other), so that replica retries it at
--- once. A head whose replica's heartbeat has expired is dead: it is dropped
--- and the next one looked at (at most 100 per call; the next call goes on).
--- pub is PUBLISH or SPUBLISH (Redis Cluster 7+: the channel stays on the
--- budget's shard). Returns the number of waiters dropped.
-local function wake_head(queue, replicas, now, wake_prefix, pub)
-  for i = 1, 100 do
-    local head = redis.call('ZRANGE', queue, 0, 0)[1]
-    if not head then
-      return i - 1
-    end
+-- Serve the queue: while a slot is free, grant it to the head of the queue
+-- (with a token, when the budget has a rate) and hand it over on the channel
+-- of the one replica that owns the head ("<id>=<grant time>"), so the slot
+-- is never idle while that replica asks. A head whose replica's heartbeat
+-- has expired is dead: it is dropped and the next one served. A head that
+-- must wait for a token is woken instead ("<id>"), if it may not know yet
+-- (it just became the head, or nudge is set): it asks and learns when.
+-- At most 100 heads per call. st holds the budget's keys and configuration
+-- (leases, queue, replicas, bucket, size, lease_ttl, interval, burst,
+-- wake_prefix, pub, now); quiet is a set of ids not to publish to (the
+-- callers of this very script, who get the answer). Returns the number of
+-- holders after it.
+local function serve(st, holders, quiet, nudge)
+  local granted, changed = false, false
+  for _ = 1, 100 do
+    if holders >= st.size then break end
+    local head = redis.call('ZRANGE', st.queue, 0, 0)[1]
+    if not head then break end
     local rep = owner(head)
-    local alive = tonumber(redis.call('ZSCORE', replicas, rep) or '0') or 0
-    if alive >= now then
-      redis.call(pub, wake_prefix .. rep, head)
-      return i - 1
+    local alive = tonumber(redis.call('ZSCORE', st.replicas, rep) or '0') or 0
+    if alive < st.now then
+      redis.call('ZREM', st.queue, head)
+      changed = true
+    else
+      if st.interval > 0 then
+        local new_tat, allow_at = gcra(st.bucket, st.now, st.interval, st.burst, 1)
+        if allow_at > st.now then
+          if (nudge or changed) and not quiet[head] then
+            redis.call(st.pub, st.wake_prefix .. rep, head)
+          end
+          break
+        end
+        gcra_store(st.bucket, st.now, new_tat)
+      end
+      redis.call('ZADD', st.leases, st.now + st.lease_ttl, head)
+      redis.call('ZREM', st.queue, head)
+      if not quiet[head] then
+        redis.call(st.pub, st.wake_prefix .. rep, head .. '=' .. string.format('%d', st.now))
+      end
+      holders = holders + 1
+      granted, changed = true, true
     end
-    redis.call('ZREM', queue, head)
   end
-  return 100
+  if granted then
+    keep_ttl(st.lease_ttl, st.leases)
+  end
+  return holders
 end
 
--- Drop the heads of the queue whose replica is dead (see wake_head), without
--- waking anyone. Returns the number dropped.
-local function drop_dead_heads(queue, replicas, now)
-  for i = 1, 100 do
-    local head = redis.call('ZRANGE', queue, 0, 0)[1]
-    if not head then
-      return i - 1
-    end
-    local alive = tonumber(redis.call('ZSCORE', replicas, owner(head)) or '0') or 0
-    if alive >= now then
-      return i - 1
-    end
-    redis.call('ZREM', queue, head)
-  end
-  return 100
+-- The semaphore's scripts (acquire, release, keepalive) share their KEYS and
+-- the first seven ARGV:
+--
+-- KEYS[1]  leases:   zset lease id -> expiry (microseconds, Redis time)
+-- KEYS[2]  queue:    zset waiter id -> ticket (FIFO order)
+-- KEYS[3]  replicas: zset replica -> heartbeat expiry
+-- KEYS[4]  gone:     zset released or withdrawn id -> tombstone expiry
+-- KEYS[5]  clock:    string, the latest Redis time a script used
+-- KEYS[6]  bucket:   string, TAT of the budget's token bucket (see reserve.lua)
+-- ARGV[1]  size: C, the number of slots
+-- ARGV[2]  lease_ttl: microseconds
+-- ARGV[3]  waiter_ttl: microseconds a replica's heartbeat lasts
+-- ARGV[4]  interval: microseconds per token; 0 = no rate, slots only
+-- ARGV[5]  burst
+-- ARGV[6]  wake prefix: a replica's wake channel is this followed by its id
+-- ARGV[7]  PUBLISH or SPUBLISH (Redis Cluster 7+)
+--
+-- Waiter and lease ids are "<replica>.<random>".
+local function semaphore_state()
+  local st = {
+    leases = KEYS[1], queue = KEYS[2], replicas = KEYS[3], gone = KEYS[4], bucket = KEYS[6],
+    size = tonumber(ARGV[1]), lease_ttl = tonumber(ARGV[2]), waiter_ttl = tonumber(ARGV[3]),
+    interval = tonumber(ARGV[4]), burst = tonumber(ARGV[5]), wake_prefix = ARGV[6], pub = ARGV[7],
+  }
+  st.now = clock(KEYS[5])
+  return st
 end

@@ -1,51 +1,50 @@
--- release.lua: release leases and withdraw waiters, by id. Idempotent: an id
--- that is not there (already released, expired, or never granted) is skipped.
+-- release.lua: release leases and withdraw waiters, by id, then serve the
+-- queue with the slots that freed (see serve in common.lua). Idempotent: an
+-- id that is not there (already released, expired, or never granted) is
+-- skipped.
 --
--- Every id gets a tombstone in `gone` for a while (ARGV[1]): an acquire of
+-- Every id gets a tombstone in `gone` for a while (ARGV[8]): an acquire of
 -- that id that reaches Redis later (a call delayed on another connection, or
 -- resent by the client after its caller gave up) is refused instead of
 -- leaving a phantom lease or queue place. An acquire whose outcome is unknown
 -- (timeout, error) is therefore undone exactly by releasing its id, whatever
 -- the order in which the two calls arrive within that while.
 --
--- KEYS[1]  leases
--- KEYS[2]  queue
--- KEYS[3]  replicas
--- KEYS[4]  gone
--- KEYS[5]  clock
--- ARGV[1]  tombstone_ttl: microseconds; at most 100000 tombstones are kept
--- ARGV[2]  wake prefix (see acquire.lua)
--- ARGV[3]  PUBLISH or SPUBLISH
--- ARGV[4..] ids
+-- KEYS, ARGV[1..7]: see semaphore_state in common.lua.
+-- ARGV[8]  tombstone_ttl: microseconds; at most 100000 tombstones are kept
+-- ARGV[9..] ids
 --
 -- Returns the number of leases released.
-local leases, queue, replicas, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local tomb_ttl, wake_prefix, pub = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local now = clock(KEYS[5])
-local queued = redis.call('ZCARD', queue)
-local released, wake, head = 0, false, nil
-for i = 4, #ARGV do
+local st = semaphore_state()
+local now, tomb_ttl = st.now, tonumber(ARGV[8])
+local queued = redis.call('ZCARD', st.queue)
+local released, nudge, head = 0, false, nil
+for i = 9, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZREM', leases, id) == 1 then
+  if redis.call('ZREM', st.leases, id) == 1 then
     released = released + 1
-    wake = true
+    nudge = true
   elseif queued > 0 then
     -- A waiter withdrawing; if it was the head, the next one is.
-    head = head or redis.call('ZRANGE', queue, 0, 0)[1]
-    if redis.call('ZREM', queue, id) == 1 then
+    head = head or redis.call('ZRANGE', st.queue, 0, 0)[1]
+    if redis.call('ZREM', st.queue, id) == 1 then
       queued = queued - 1
-      wake = wake or head == id
+      nudge = nudge or head == id
     end
   end
-  redis.call('ZADD', gone, now + tomb_ttl, id)
+  redis.call('ZADD', st.gone, now + tomb_ttl, id)
 end
-redis.call('ZREMRANGEBYSCORE', gone, '-inf', now)
-local n = redis.call('ZCARD', gone)
+redis.call('ZREMRANGEBYSCORE', st.gone, '-inf', now)
+local n = redis.call('ZCARD', st.gone)
 if n > 100000 then
-  redis.call('ZREMRANGEBYRANK', gone, 0, n - 100001)
+  redis.call('ZREMRANGEBYRANK', st.gone, 0, n - 100001)
 end
-keep_ttl(tomb_ttl, gone)
-if wake and queued > 0 then
-  wake_head(queue, replicas, now, wake_prefix, pub)
+keep_ttl(tomb_ttl, st.gone)
+if queued > 0 then
+  redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
+  local holders = redis.call('ZCARD', st.leases)
+  if holders < st.size then
+    serve(st, holders, {}, nudge)
+  end
 end
 return released

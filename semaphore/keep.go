@@ -100,7 +100,7 @@ func (s *Semaphore) renew(ctx context.Context, timeout time.Duration, replica st
 		l.end(ErrLeaseLost)
 	}
 	if stale {
-		s.wake("")
+		s.wakeAll()
 	}
 	return nil
 }

@@ -143,6 +143,9 @@ type Semaphore struct {
 type waiter struct {
 	wake   chan struct{}
 	queued bool // Redis answered "queued": the replica's heartbeat keeps it
+	// handedAt is the Redis time of a slot handed over to the waiter while
+	// it was queued (see redisstate.HandOff); 0 if none.
+	handedAt int64
 }
 
 // New returns the semaphore of budget. It subscribes to its replica's wake
@@ -250,6 +253,7 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 	// sent: a request with this id may have reached Redis, so leaving must
 	// withdraw it; an id that never left this process needs nothing.
 	sent := false
+	var queuedSent time.Time // when the latest call answered "queued" was sent
 	leave := func() {
 		if sent {
 			s.withdraw(id)
@@ -325,8 +329,16 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 			return nil, fmt.Errorf("%w: acquire: the request was withdrawn", ErrUnavailable)
 		}
 		s.markQueued(id)
-		// Waiting: for a wake-up (our turn, a release), for the time the
-		// script named (a token, a lease expiry), or for the deadline.
+		queuedSent = start
+		if l, err := s.handedOver(id, w, queuedSent); l != nil || err != nil {
+			if err != nil {
+				leave()
+			}
+			return l, err
+		}
+		// Waiting: for the slot to be handed over, for a wake-up, for the
+		// time the script named (a token, a lease expiry), or for the
+		// deadline.
 		d := fallbackPoll
 		if res.Reason != redisstate.Ahead {
 			d = min(d, max(res.Hint, time.Millisecond))
@@ -348,7 +360,37 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 			leave()
 			return nil, ErrClosed
 		}
+		if l, err := s.handedOver(id, w, queuedSent); l != nil || err != nil {
+			if err != nil {
+				leave()
+			}
+			return l, err
+		}
 	}
+}
+
+// handedOver returns the lease of a slot handed over to waiter id, if one
+// was. The grant ran after the call answered "queued", so the lease's life
+// is counted from when that call was sent. When that leaves less than half a
+// TTL (a long wait), it returns nil: the caller asks again, and Redis
+// answers with the life the lease has left.
+func (s *Semaphore) handedOver(id string, w *waiter, queuedSent time.Time) (*Lease, error) {
+	s.mu.Lock()
+	at := w.handedAt
+	w.handedAt = 0
+	s.mu.Unlock()
+	if at == 0 {
+		return nil, nil
+	}
+	res := redisstate.AcquireReply{Status: redisstate.Granted, Left: s.opt.LeaseTTL, GrantedAt: at}
+	if time.Until(s.validUntil(queuedSent, res.Left)) < s.opt.LeaseTTL/2 {
+		return nil, nil
+	}
+	l, ok := s.newLease(id, queuedSent, res)
+	if !ok {
+		return nil, ErrClosed
+	}
+	return l, nil
 }
 
 // ctxError is the error of a wait that ctx ended, or whose deadline passed
@@ -522,25 +564,32 @@ func notify(c chan struct{}) {
 	}
 }
 
-// wake wakes the local waiter id; all waiters for "". A wake-up for an id
-// this replica neither waits for nor holds is a queue place left behind (a
-// withdrawal that failed): it is withdrawn, so it cannot stall the queue.
-func (s *Semaphore) wake(id string) {
+// deliver hands a message of the wake channel to its local waiter: a slot
+// handed over, or a wake-up. A message for an id this replica neither waits
+// for nor holds is a queue place (or a slot) left behind, e.g. by a
+// withdrawal that failed: it is withdrawn, so it cannot stall the queue.
+func (s *Semaphore) deliver(payload string) {
+	h := redisstate.ParseHandOff(payload)
 	s.mu.Lock()
-	if id == "" {
-		for _, w := range s.waiters {
-			notify(w.wake)
-		}
-		s.mu.Unlock()
-		return
-	}
-	w, l := s.waiters[id], s.leases[id]
+	w, l := s.waiters[h.ID], s.leases[h.ID]
 	if w != nil {
+		if h.GrantedAt != 0 {
+			w.handedAt = h.GrantedAt
+		}
 		notify(w.wake)
 	}
 	s.mu.Unlock()
-	if w == nil && l == nil && strings.HasPrefix(id, s.replica+".") {
-		s.withdraw(id)
+	if w == nil && l == nil && strings.HasPrefix(h.ID, s.replica+".") {
+		s.withdraw(h.ID)
+	}
+}
+
+// wakeAll wakes every local waiter: to ask again.
+func (s *Semaphore) wakeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, w := range s.waiters {
+		notify(w.wake)
 	}
 }
 

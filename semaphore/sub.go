@@ -144,11 +144,11 @@ func (s *Semaphore) listen(ctx context.Context) {
 		backoff = 50 * time.Millisecond
 		switch m := msg.(type) {
 		case *redis.Message:
-			s.wake(m.Payload)
+			s.deliver(m.Payload)
 		case *redis.Subscription:
 			if m.Kind == "subscribe" || m.Kind == "ssubscribe" {
 				s.sub.down.Store(nil)
-				s.wake("")
+				s.wakeAll()
 			}
 		}
 	}

@@ -194,8 +194,8 @@ func TestDeadReplicasWaitersAreDroppedAtTheHead(t *testing.T) {
 	e.want([]string{"live.1"}, nil)
 }
 
-// A wake-up reaches only the replica that owns the new head, on its own
-// channel.
+// A freed slot is handed over to the head at once, and the message reaches
+// only the replica that owns it, on its own channel.
 func TestWakeReachesOnlyTheOwner(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -217,9 +217,11 @@ func TestWakeReachesOnlyTheOwner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg.Channel != e.sem.Keys.WakeChannel("a") || msg.Payload != "a.1" {
-		t.Fatalf("wake-up %q on %q, want a.1 on a's channel", msg.Payload, msg.Channel)
+	h := ParseHandOff(msg.Payload)
+	if msg.Channel != e.sem.Keys.WakeChannel("a") || h.ID != "a.1" || h.GrantedAt == 0 {
+		t.Fatalf("message %q on %q, want a.1's hand-off on a's channel", msg.Payload, msg.Channel)
 	}
+	e.want([]string{"a.1"}, nil)
 	if m, err := ps.ReceiveTimeout(ctx, 100*time.Millisecond); err == nil {
 		t.Fatalf("another wake-up: %v", m)
 	}

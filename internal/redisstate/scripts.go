@@ -3,6 +3,8 @@ package redisstate
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -85,6 +87,11 @@ const TombstoneTTL = time.Minute
 
 // Semaphore is what the semaphore scripts of one budget need besides the
 // ids: the keys and the configuration of the calling replica.
+//
+// Slots are handed over: a script that frees a slot grants it at once to the
+// head of the queue and publishes "<id>=<grant time>" on the channel of the
+// replica that owns the head (a HandOff); a head that must wait for a token
+// gets "<id>", a wake-up: it should ask again.
 type Semaphore struct {
 	Keys Keys
 	// Size is the number of slots.
@@ -102,11 +109,20 @@ type Semaphore struct {
 	Sharded bool
 }
 
-func (s *Semaphore) publish() string {
+// keys and args are the KEYS and first ARGV every semaphore script takes
+// (see semaphore_state in common.lua), with room for n more arguments.
+func (s *Semaphore) keys() []string {
+	k := s.Keys
+	return []string{k.Leases, k.Queue, k.Replicas, k.Gone, k.Clock, k.Bucket}
+}
+
+func (s *Semaphore) args(n int) []any {
+	pub := "PUBLISH"
 	if s.Sharded {
-		return "SPUBLISH"
+		pub = "SPUBLISH"
 	}
-	return "PUBLISH"
+	args := make([]any, 0, 7+n)
+	return append(args, s.Size, us(s.LeaseTTL), us(s.WaiterTTL), s.Interval, s.Burst, s.Keys.WakePrefix(), pub)
 }
 
 // Status is the outcome of one acquire request.
@@ -169,8 +185,7 @@ type AcquireReply struct {
 
 // Acquire runs acquire.lua for a batch of requests; one reply each.
 func (s *Semaphore) Acquire(ctx context.Context, rdb redis.Scripter, reqs []AcquireRequest) ([]AcquireReply, error) {
-	args := make([]any, 0, 7+3*len(reqs))
-	args = append(args, s.Size, us(s.LeaseTTL), us(s.WaiterTTL), s.Interval, s.Burst, s.Keys.WakePrefix(), s.publish())
+	args := s.args(3 * len(reqs))
 	for _, r := range reqs {
 		mode, maxWait := "wait", int64(-1)
 		if r.Try {
@@ -181,8 +196,7 @@ func (s *Semaphore) Acquire(ctx context.Context, rdb redis.Scripter, reqs []Acqu
 		}
 		args = append(args, r.ID, maxWait, mode)
 	}
-	keys := []string{s.Keys.Leases, s.Keys.Queue, s.Keys.Replicas, s.Keys.Gone, s.Keys.Clock, s.Keys.Bucket}
-	flat, err := acquireScript.Run(ctx, rdb, keys, args...).Int64Slice()
+	flat, err := acquireScript.Run(ctx, rdb, s.keys(), args...).Int64Slice()
 	if err != nil {
 		return nil, err
 	}
@@ -205,30 +219,26 @@ func (s *Semaphore) Acquire(ctx context.Context, rdb redis.Scripter, reqs []Acqu
 }
 
 // Release runs release.lua: it releases the leases and withdraws the waiters
-// of ids, and leaves a tombstone for each. It returns how many leases it
-// released.
+// of ids, leaves a tombstone for each, and serves the queue with the slots
+// that freed. It returns how many leases it released.
 func (s *Semaphore) Release(ctx context.Context, rdb redis.Scripter, ids []string) (int, error) {
-	args := make([]any, 0, 3+len(ids))
-	args = append(args, us(TombstoneTTL), s.Keys.WakePrefix(), s.publish())
+	args := append(s.args(1+len(ids)), us(TombstoneTTL))
 	for _, id := range ids {
 		args = append(args, id)
 	}
-	keys := []string{s.Keys.Leases, s.Keys.Queue, s.Keys.Replicas, s.Keys.Gone, s.Keys.Clock}
-	return releaseScript.Run(ctx, rdb, keys, args...).Int()
+	return releaseScript.Run(ctx, rdb, s.keys(), args...).Int()
 }
 
 // Keepalive runs keepalive.lua: it renews leases and, unless replica is "",
-// the replica's heartbeat. It returns the leases Redis no longer had, and
+// the replica's heartbeat, and serves the queue with slots that expired. It returns the leases Redis no longer had, and
 // whether the replica's heartbeat had expired (its waiters may have been
 // dropped).
 func (s *Semaphore) Keepalive(ctx context.Context, rdb redis.Scripter, replica string, leases []string) (lost []string, stale bool, err error) {
-	args := make([]any, 0, 5+len(leases))
-	args = append(args, us(s.LeaseTTL), us(s.WaiterTTL), s.Keys.WakePrefix(), s.publish(), replica)
+	args := append(s.args(1+len(leases)), replica)
 	for _, id := range leases {
 		args = append(args, id)
 	}
-	keys := []string{s.Keys.Leases, s.Keys.Queue, s.Keys.Replicas, s.Keys.Clock}
-	res, err := keepaliveScript.Run(ctx, rdb, keys, args...).Slice()
+	res, err := keepaliveScript.Run(ctx, rdb, s.keys(), args...).Slice()
 	if err != nil {
 		return nil, false, err
 	}
@@ -252,3 +262,21 @@ func AcquireSHA() string { return acquireScript.Hash() }
 
 // ReleaseSHA: see AcquireSHA.
 func ReleaseSHA() string { return releaseScript.Hash() }
+
+// HandOff is a message on a replica's wake channel, parsed: a grant made for
+// a queued waiter (GrantedAt, Redis time in microseconds), or a wake-up
+// (GrantedAt 0).
+type HandOff struct {
+	ID        string
+	GrantedAt int64
+}
+
+// ParseHandOff reads a message of a wake channel.
+func ParseHandOff(payload string) HandOff {
+	id, at, ok := strings.Cut(payload, "=")
+	if !ok {
+		return HandOff{ID: id}
+	}
+	n, _ := strconv.ParseInt(at, 10, 64)
+	return HandOff{ID: id, GrantedAt: n}
+}
