@@ -39,8 +39,13 @@ for i = 8, #ARGV, 3 do
   quiet[ARGV[i]] = true
 end
 
-redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
+-- Expired leases (of holders that died) only matter when they fill the
+-- semaphore: drop them then.
 local holders = redis.call('ZCARD', st.leases)
+if holders >= st.size then
+  redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
+  holders = redis.call('ZCARD', st.leases)
+end
 local queued = redis.call('ZCARD', st.queue)
 if queued > 0 and holders < st.size then
   holders = serve(st, holders, quiet, false)
@@ -52,10 +57,13 @@ local function acquire_one(id, max_wait, try)
   if redis.call('ZSCORE', st.gone, id) then
     return -3, 0, 0, 0
   end
-  local expiry = redis.call('ZSCORE', st.leases, id)
-  if expiry then
-    expiry = tonumber(expiry) -- live: expired leases were dropped above
+  local expiry = tonumber(redis.call('ZSCORE', st.leases, id) or '0') or 0
+  if expiry > now then
     return 1, 0, expiry - now, expiry - st.lease_ttl
+  elseif expiry > 0 then
+    -- Granted once, expired before its caller heard of it: as if never.
+    redis.call('ZREM', st.leases, id)
+    holders = holders - 1
   end
 
   -- Our place: rank in the queue, or behind everyone if not queued yet.

@@ -11,7 +11,8 @@
 -- the order in which the two calls arrive within that while.
 --
 -- KEYS, ARGV[1..7]: see semaphore_state in common.lua.
--- ARGV[8]  tombstone_ttl: microseconds; at most 100000 tombstones are kept
+-- ARGV[8]  tombstone_ttl: microseconds (so at most that long's worth of
+--          releases is kept: expired tombstones are dropped on every call)
 -- ARGV[9..] ids
 --
 -- Returns the number of leases released.
@@ -35,10 +36,6 @@ for i = 9, #ARGV do
   redis.call('ZADD', st.gone, now + tomb_ttl, id)
 end
 redis.call('ZREMRANGEBYSCORE', st.gone, '-inf', now)
-local n = redis.call('ZCARD', st.gone)
-if n > 100000 then
-  redis.call('ZREMRANGEBYRANK', st.gone, 0, n - 100001)
-end
 keep_ttl(tomb_ttl, st.gone)
 if queued > 0 then
   redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)

@@ -114,7 +114,7 @@ const (
 
 // fallbackPoll bounds how long a waiter sleeps without news; wake-ups come by
 // pub/sub, so this only matters if a message was lost.
-const fallbackPoll = 5 * time.Second
+const fallbackPoll = 10 * time.Second
 
 // Semaphore is a cluster-wide counting semaphore of leases. Every Semaphore of
 // the same budget on the same Redis shares the slots; they must agree on Size.
