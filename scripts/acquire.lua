@@ -95,7 +95,7 @@ local function acquire_one(id, max_wait, try)
     if try then return -2, reason, hint, 0 end
     if not rank then
       if not beaten then
-        redis.call('ZADD', st.replicas, now + st.waiter_ttl, owner(id))
+        redis.call('ZADD', st.replicas, now + st.waiter_ttl, (owner(id)))
         beaten = true
       end
       local last = redis.call('ZRANGE', st.queue, -1, -1, 'WITHSCORES')

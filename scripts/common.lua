@@ -48,15 +48,19 @@ local function gcra_store(key, now, new_tat)
   redis.call('SET', key, string.format('%d', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
 end
 
--- The replica that owns a waiter or lease id: the part before the dot.
+-- The replica that owns a waiter or lease id (the part before the dot), and
+-- the rest, which is all its replica needs to be told.
 local function owner(id)
-  return string.match(id, '^[^.]*')
+  local rep = string.match(id, '^[^.]*')
+  return rep, string.sub(id, #rep + 2)
 end
 
 -- Serve the queue: while a slot is free, grant it to the head of the queue
 -- (with a token, when the budget has a rate) and hand it over on the channel
 -- of the one replica that owns the head ("<id>=<grant time>"), so the slot
--- is never idle while that replica asks. A head whose replica's heartbeat
+-- is never idle while that replica asks. (The message names the waiter
+-- without its replica's part, and the time in hex: every byte is sent once
+-- per admission.) A head whose replica's heartbeat
 -- has expired is dead: it is dropped and the next one served. A head that
 -- must wait for a token is woken instead ("<id>"), if it may not know yet
 -- (it just became the head, or nudge is set): it asks and learns when.
@@ -71,7 +75,7 @@ local function serve(st, holders, quiet, nudge)
     if holders >= st.size then break end
     local head = redis.call('ZRANGE', st.queue, 0, 0)[1]
     if not head then break end
-    local rep = owner(head)
+    local rep, local_id = owner(head)
     local alive = tonumber(redis.call('ZSCORE', st.replicas, rep) or '0') or 0
     if alive < st.now then
       redis.call('ZREM', st.queue, head)
@@ -81,7 +85,7 @@ local function serve(st, holders, quiet, nudge)
         local new_tat, allow_at = gcra(st.bucket, st.now, st.interval, st.burst, 1)
         if allow_at > st.now then
           if (nudge or changed) and not quiet[head] then
-            redis.call(st.pub, st.wake_prefix .. rep, head)
+            redis.call(st.pub, st.wake_prefix .. rep, local_id)
           end
           break
         end
@@ -90,7 +94,7 @@ local function serve(st, holders, quiet, nudge)
       redis.call('ZADD', st.leases, st.now + st.lease_ttl, head)
       redis.call('ZREM', st.queue, head)
       if not quiet[head] then
-        redis.call(st.pub, st.wake_prefix .. rep, head .. '=' .. string.format('%d', st.now))
+        redis.call(st.pub, st.wake_prefix .. rep, local_id .. '=' .. string.format('%x', st.now))
       end
       holders = holders + 1
       granted, changed = true, true

@@ -172,7 +172,7 @@ func New(rdb redis.UniversalClient, budget string, opt Options) (*Semaphore, err
 			Burst:     opt.Rate.Burst,
 			Sharded:   sharded(rdb),
 		},
-		replica: token(8),
+		replica: token(6),
 		waiters: map[string]*waiter{},
 		leases:  map[string]*Lease{},
 	}
@@ -569,7 +569,7 @@ func notify(c chan struct{}) {
 // for nor holds is a queue place (or a slot) left behind, e.g. by a
 // withdrawal that failed: it is withdrawn, so it cannot stall the queue.
 func (s *Semaphore) deliver(payload string) {
-	h := redisstate.ParseHandOff(payload)
+	h := redisstate.ParseHandOff(s.replica, payload)
 	s.mu.Lock()
 	w, l := s.waiters[h.ID], s.leases[h.ID]
 	if w != nil {
@@ -579,7 +579,7 @@ func (s *Semaphore) deliver(payload string) {
 		notify(w.wake)
 	}
 	s.mu.Unlock()
-	if w == nil && l == nil && strings.HasPrefix(h.ID, s.replica+".") {
+	if w == nil && l == nil {
 		s.withdraw(h.ID)
 	}
 }
@@ -593,9 +593,9 @@ func (s *Semaphore) wakeAll() {
 	}
 }
 
-// newID returns a new lease id: the replica's id, a dot, 16 random
-// characters.
-func (s *Semaphore) newID() string { return s.replica + "." + token(12) }
+// newID returns a new lease id: the replica's id, a dot, 12 random
+// characters (72 bits: unique among the replica's ids by far).
+func (s *Semaphore) newID() string { return s.replica + "." + token(9) }
 
 // token returns n random bytes in unpadded base64url (no dots).
 func token(n int) string {

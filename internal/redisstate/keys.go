@@ -59,7 +59,7 @@ func For(budget string) Keys {
 
 // WakePrefix is the prefix of the budget's wake channels: the channel of a
 // replica is WakePrefix followed by the replica's id.
-func (k Keys) WakePrefix() string { return k.Prefix + "wake:" }
+func (k Keys) WakePrefix() string { return k.Prefix + "w:" }
 
 // WakeChannel is the channel on which the scripts wake replica's waiters.
 func (k Keys) WakeChannel(replica string) string { return k.WakePrefix() + replica }

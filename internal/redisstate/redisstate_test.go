@@ -217,7 +217,7 @@ func TestWakeReachesOnlyTheOwner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := ParseHandOff(msg.Payload)
+	h := ParseHandOff("a", msg.Payload)
 	if msg.Channel != e.sem.Keys.WakeChannel("a") || h.ID != "a.1" || h.GrantedAt == 0 {
 		t.Fatalf("message %q on %q, want a.1's hand-off on a's channel", msg.Payload, msg.Channel)
 	}

@@ -89,9 +89,9 @@ const TombstoneTTL = time.Minute
 // ids: the keys and the configuration of the calling replica.
 //
 // Slots are handed over: a script that frees a slot grants it at once to the
-// head of the queue and publishes "<id>=<grant time>" on the channel of the
-// replica that owns the head (a HandOff); a head that must wait for a token
-// gets "<id>", a wake-up: it should ask again.
+// head of the queue and publishes a HandOff on the channel of the replica
+// that owns the head; a head that must wait for a token gets a wake-up: it
+// should ask again.
 type Semaphore struct {
 	Keys Keys
 	// Size is the number of slots.
@@ -271,12 +271,13 @@ type HandOff struct {
 	GrantedAt int64
 }
 
-// ParseHandOff reads a message of a wake channel.
-func ParseHandOff(payload string) HandOff {
-	id, at, ok := strings.Cut(payload, "=")
-	if !ok {
-		return HandOff{ID: id}
+// ParseHandOff reads a message of the wake channel of replica: "<rest of
+// id>" or "<rest of id>=<grant time in hex>" (the id without "<replica>.").
+func ParseHandOff(replica, payload string) HandOff {
+	rest, at, ok := strings.Cut(payload, "=")
+	h := HandOff{ID: replica + "." + rest}
+	if ok {
+		h.GrantedAt, _ = strconv.ParseInt(at, 16, 64)
 	}
-	n, _ := strconv.ParseInt(at, 10, 64)
-	return HandOff{ID: id, GrantedAt: n}
+	return h
 }
