@@ -341,6 +341,9 @@ func TestScriptFlushUnderLoad(t *testing.T) {
 func TestCluster(t *testing.T) {
 	cl := redistest.NewCluster(t)
 	rdb := cl.Client(t)
+	if !sharded(rdb) {
+		t.Error("a Redis 7 cluster, but no sharded pub/sub: wake-ups would reach every node")
+	}
 	v := &vendor{}
 	vs := httptest.NewServer(v)
 	defer vs.Close()

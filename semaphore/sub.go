@@ -116,16 +116,20 @@ func (s *Semaphore) listen(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			if isTimeout(err) {
-				if !pinged {
-					pctx, cancel := context.WithTimeout(ctx, subPongWait)
-					_ = ps.Ping(pctx)
-					cancel()
+			if isTimeout(err) && !pinged {
+				// Silent for subIdle: is the connection alive?
+				pctx, cancel := context.WithTimeout(ctx, subPongWait)
+				err = ps.Ping(pctx)
+				cancel()
+				if err == nil {
 					pinged = true
-				} else {
-					s.sub.replace(ctx, errNoPong)
-					pinged = false
+					continue
 				}
+			} else if isTimeout(err) {
+				// No answer to the ping: the connection is silently
+				// dead, and so is every message sent to it.
+				s.sub.replace(ctx, errNoPong)
+				pinged = false
 				continue
 			}
 			// A broken connection: go-redis reconnects and
