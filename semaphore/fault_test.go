@@ -6,6 +6,7 @@ package semaphore_test
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,33 +16,38 @@ import (
 	"github.com/sluicehq/sluice/semaphore"
 )
 
-// A TryAcquire whose reply is lost is retried by go-redis with the same id.
-// Property: TryAcquire never says "not acquired" while Redis holds a lease
-// for it (a slot lost for a whole lease TTL); whatever it answers, Redis
-// agrees.
+// A TryAcquire whose reply is lost is retried by go-redis with the same id
+// (or fails, without retries). Property: TryAcquire never says "not
+// acquired" (or fails) while Redis holds a lease for it (a slot lost for a
+// whole lease TTL); whatever it answers, Redis agrees.
 func TestFaultRetriedTryAcquireAgreesWithRedis(t *testing.T) {
-	e := newFaultEnv(t)
-	// Two slots and one token per hour: the first run takes the token, so a
-	// retry that does not know it was granted finds no token left.
-	s := e.sem(e.proxied(), semaphore.Options{Size: 2, Rate: limiter.Limit{Rate: 1, Burst: 1, Period: time.Hour}})
-	lost := e.proxy.DropReply(acquireCall)
-	calls := e.proxy.Count(acquireCall)
+	for _, retries := range []int{3, -1} {
+		t.Run("MaxRetries="+strconv.Itoa(retries), func(t *testing.T) {
+			e := newFaultEnv(t)
+			// Two slots and one token per hour: the first run takes the
+			// token, so a retry that does not know it was granted finds no
+			// token left.
+			s := e.sem(e.proxiedWith(retries), semaphore.Options{Size: 2, Rate: limiter.Limit{Rate: 1, Burst: 1, Period: time.Hour}})
+			lost := e.proxy.DropReply(acquireCall)
+			calls := e.proxy.Count(acquireCall)
 
-	l, err := s.TryAcquire(context.Background())
-	within(t, lost.Done(), 5*time.Second, "the acquire whose reply is lost")
-	t.Logf("TryAcquire: %v; acquire script calls: %d", err, calls.Load())
-	if err == nil {
-		if !l.Held() || !e.has(e.keys.leases, l.ID()) || e.card(e.keys.leases) != 1 {
-			t.Fatalf("TryAcquire returned a lease (held %v) but Redis has %d leases", l.Held(), e.card(e.keys.leases))
-		}
-		if err := l.Release(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	_ = s.Close() // waits for the withdrawals callers started
-	if n := e.card(e.keys.leases); n != 0 {
-		t.Fatalf("TryAcquire said %q while Redis holds %d lease(s) for it, until the lease TTL", err, n)
+			l, err := s.TryAcquire(context.Background())
+			within(t, lost.Done(), 5*time.Second, "the acquire whose reply is lost")
+			t.Logf("TryAcquire: %v; acquire script calls: %d", err, calls.Load())
+			if err == nil {
+				if !l.Held() || !e.has(e.keys.leases, l.ID()) || e.card(e.keys.leases) != 1 {
+					t.Fatalf("TryAcquire returned a lease (held %v) but Redis has %d leases", l.Held(), e.card(e.keys.leases))
+				}
+				if err := l.Release(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			_ = s.Close() // waits for the withdrawals callers started
+			if n := e.card(e.keys.leases); n != 0 {
+				t.Fatalf("TryAcquire said %q while Redis holds %d lease(s) for it, until the lease TTL", err, n)
+			}
+		})
 	}
 }
 
