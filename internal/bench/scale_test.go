@@ -19,7 +19,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/internal/redistest"
-	"github.com/sluicehq/sluice/limiter"
 	"github.com/sluicehq/sluice/semaphore"
 )
 
@@ -110,7 +109,7 @@ func sluiceWaiters(b *testing.B, clients []*redis.Client) acquireFunc {
 // pollingWaiters is the peer: C redislock keys; a waiter tries one at
 // random every scalePoll until it obtains one.
 func pollingWaiters(b *testing.B, clients []*redis.Client) acquireFunc {
-	prefix := limiter.KeyPrefix(redistest.Budget(b)) + "slot:"
+	prefix := "redislock:{" + redistest.Budget(b) + "}:slot:"
 	lockers := make([]*redislock.Client, len(clients))
 	for i, c := range clients {
 		lockers[i] = redislock.New(c)
