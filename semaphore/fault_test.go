@@ -6,6 +6,7 @@ package semaphore_test
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -567,5 +568,87 @@ func TestFaultStormKeepsInvariants(t *testing.T) {
 	// Calls still delayed at the proxy (up to 350ms) arrive after Close.
 	if !eventually(3*time.Second, func() bool { return e.card(e.keys.leases)+e.card(e.keys.queue) == 0 }) {
 		t.Fatalf("left behind after every replica closed: %d leases, %d queued", e.card(e.keys.leases), e.card(e.keys.queue))
+	}
+}
+
+// Every renewal of a lease is stuck on its way to Redis until the lease has
+// expired there and another replica took the slot; then the stuck renewals
+// arrive. Properties: Held() turns false before Redis drops the lease (never
+// held while Redis has no lease for it), the lease's context ends with
+// ErrLeaseLost, and the late renewals do not resurrect it (no C+1 holders).
+func TestFaultStuckRenewalsLoseTheLeaseCleanly(t *testing.T) {
+	e := newFaultEnv(t)
+	const ttl = 2 * time.Second
+	opt := semaphore.Options{Size: 1, LeaseTTL: ttl}
+	a := e.sem(e.proxied(), opt)
+	b := e.sem(e.direct, opt)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	l, err := a.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Hold every script call of a from now on (its renewals) until release
+	// is closed; the held ones arrive on matched.
+	release, stop := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	unhold := func() { releaseOnce.Do(func() { close(release) }) }
+	defer unhold()
+	matched := make(chan *faultproxy.Rule, 100)
+	var holding sync.WaitGroup
+	holding.Go(func() {
+		for {
+			r := e.proxy.Hold(faultproxy.Match{Cmd: "EVALSHA"}, release)
+			select {
+			case <-r.Matched():
+				matched <- r
+			case <-stop:
+				return
+			}
+		}
+	})
+	var stuck []*faultproxy.Rule
+	select {
+	case r := <-matched:
+		stuck = append(stuck, r)
+	case <-time.After(2 * ttl):
+		t.Fatal("no renewal reached the proxy")
+	}
+
+	for l.Held() {
+		if !e.has(e.keys.leases, l.ID()) {
+			t.Fatal("Held() is true while Redis has no lease for it")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	within(t, l.Context().Done(), ttl, "the lease's context ending")
+	if cause := context.Cause(l.Context()); !errors.Is(cause, semaphore.ErrLeaseLost) {
+		t.Fatalf("lease ended with %v, want ErrLeaseLost", cause)
+	}
+	other, err := b.Acquire(ctx) // the slot returns at the TTL in Redis
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The stuck renewals arrive, late.
+	close(stop)
+	holding.Wait()
+	close(matched)
+	for r := range matched {
+		stuck = append(stuck, r)
+	}
+	unhold()
+	for _, r := range stuck {
+		within(t, r.Done(), 5*time.Second, "a late renewal, answered by Redis")
+	}
+	if e.has(e.keys.leases, l.ID()) || l.Held() {
+		t.Fatalf("a late renewal resurrected the lost lease (in Redis %v, held %v): C+1 holders", e.has(e.keys.leases, l.ID()), l.Held())
+	}
+	if !other.Held() || !e.has(e.keys.leases, other.ID()) || e.card(e.keys.leases) != 1 {
+		t.Fatalf("the new holder: held %v, in Redis %v, %d leases", other.Held(), e.has(e.keys.leases, other.ID()), e.card(e.keys.leases))
+	}
+	if err := other.Release(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
