@@ -6,42 +6,51 @@ package semaphore_test
 
 import (
 	"context"
+	"errors"
+	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/faultproxy"
 	"github.com/sluicehq/sluice/limiter"
 	"github.com/sluicehq/sluice/semaphore"
 )
 
-// A TryAcquire whose reply is lost is retried by go-redis with the same id.
-// Property: TryAcquire never says "not acquired" while Redis holds a lease
-// for it (a slot lost for a whole lease TTL); whatever it answers, Redis
-// agrees.
+// A TryAcquire whose reply is lost is retried by go-redis with the same id
+// (or fails, without retries). Property: TryAcquire never says "not
+// acquired" (or fails) while Redis holds a lease for it (a slot lost for a
+// whole lease TTL); whatever it answers, Redis agrees.
 func TestFaultRetriedTryAcquireAgreesWithRedis(t *testing.T) {
-	e := newFaultEnv(t)
-	// Two slots and one token per hour: the first run takes the token, so a
-	// retry that does not know it was granted finds no token left.
-	s := e.sem(e.proxied(), semaphore.Options{Size: 2, Rate: limiter.Limit{Rate: 1, Burst: 1, Period: time.Hour}})
-	lost := e.proxy.DropReply(acquireCall)
-	calls := e.proxy.Count(acquireCall)
+	for _, retries := range []int{3, -1} {
+		t.Run("MaxRetries="+strconv.Itoa(retries), func(t *testing.T) {
+			e := newFaultEnv(t)
+			// Two slots and one token per hour: the first run takes the
+			// token, so a retry that does not know it was granted finds no
+			// token left.
+			s := e.sem(e.proxiedWith(retries), semaphore.Options{Size: 2, Rate: limiter.Limit{Rate: 1, Burst: 1, Period: time.Hour}})
+			lost := e.proxy.DropReply(acquireCall)
+			calls := e.proxy.Count(acquireCall)
 
-	l, err := s.TryAcquire(context.Background())
-	within(t, lost.Done(), 5*time.Second, "the acquire whose reply is lost")
-	t.Logf("TryAcquire: %v; acquire script calls: %d", err, calls.Load())
-	if err == nil {
-		if !l.Held() || !e.has(e.keys.leases, l.ID()) || e.card(e.keys.leases) != 1 {
-			t.Fatalf("TryAcquire returned a lease (held %v) but Redis has %d leases", l.Held(), e.card(e.keys.leases))
-		}
-		if err := l.Release(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	_ = s.Close() // waits for the withdrawals callers started
-	if n := e.card(e.keys.leases); n != 0 {
-		t.Fatalf("TryAcquire said %q while Redis holds %d lease(s) for it, until the lease TTL", err, n)
+			l, err := s.TryAcquire(context.Background())
+			within(t, lost.Done(), 5*time.Second, "the acquire whose reply is lost")
+			t.Logf("TryAcquire: %v; acquire script calls: %d", err, calls.Load())
+			if err == nil {
+				if !l.Held() || !e.has(e.keys.leases, l.ID()) || e.card(e.keys.leases) != 1 {
+					t.Fatalf("TryAcquire returned a lease (held %v) but Redis has %d leases", l.Held(), e.card(e.keys.leases))
+				}
+				if err := l.Release(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			_ = s.Close() // waits for the withdrawals callers started
+			if n := e.card(e.keys.leases); n != 0 {
+				t.Fatalf("TryAcquire said %q while Redis holds %d lease(s) for it, until the lease TTL", err, n)
+			}
+		})
 	}
 }
 
@@ -437,5 +446,208 @@ func TestFaultNoReleaseForIDsNeverSent(t *testing.T) {
 	t.Logf("acquire calls %d, release calls %d", acquires.Load(), releases.Load())
 	if acquires.Load() == 0 && releases.Load() != 0 {
 		t.Fatalf("%d release calls for ids that never reached Redis", releases.Load())
+	}
+}
+
+// A storm of faults on script calls for a few seconds: lost replies
+// (go-redis resends the call) and delayed requests, while callers on four
+// replicas acquire with random deadlines or try, hold briefly and release.
+// Properties: never more than Size leases believed held at the moment their
+// holders act (I1, by Held()); a lease believed held is in Redis; and once
+// every replica is closed, nothing is left in Redis: no lease, no queue
+// place (I3).
+func TestFaultStormKeepsInvariants(t *testing.T) {
+	e := newFaultEnv(t)
+	const size, workers, storm = 3, 12, 4 * time.Second
+	opt := semaphore.Options{Size: size}
+	sems := []*semaphore.Semaphore{e.sem(e.proxied(), opt), e.sem(e.proxied(), opt), e.sem(e.proxied(), opt), e.sem(e.direct, opt)}
+	anyScript := faultproxy.Match{Cmd: "EVALSHA"}
+	end := time.Now().Add(storm)
+
+	var (
+		mu       sync.Mutex
+		acting   = map[*semaphore.Lease]bool{}
+		admitted atomic.Int64
+		wg       sync.WaitGroup
+	)
+	act := func(l *semaphore.Lease) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !l.Held() {
+			return // lost before acting: the holder does not act
+		}
+		acting[l] = true
+		held := 0
+		for o := range acting {
+			if o.Held() {
+				held++
+			}
+		}
+		if held > size {
+			t.Errorf("%d leases believed held at once, Size %d", held, size)
+		}
+	}
+	for w := range workers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			s := sems[w%len(sems)]
+			for time.Now().Before(end) {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(20+rng.IntN(400))*time.Millisecond)
+				var l *semaphore.Lease
+				var err error
+				if rng.IntN(4) == 0 {
+					l, err = s.TryAcquire(ctx)
+				} else {
+					l, err = s.Acquire(ctx)
+				}
+				cancel()
+				if err != nil {
+					continue // refusals, deadlines and failed calls are all allowed
+				}
+				admitted.Add(1)
+				act(l)
+				err = e.direct.ZScore(context.Background(), e.keys.leases, l.ID()).Err()
+				if err != nil && l.Held() {
+					t.Errorf("lease believed held is not in Redis: %v", err)
+				}
+				time.Sleep(time.Duration(1+rng.IntN(20)) * time.Millisecond) // the guarded work
+				mu.Lock()
+				delete(acting, l)
+				mu.Unlock()
+				if err := l.Release(context.Background()); err != nil {
+					t.Errorf("release: %v", err)
+				}
+			}
+		})
+	}
+
+	// The storm: one fault every 20-100ms, each on the next matching call.
+	// Lost replies are spaced out (one outstanding, 500ms after the last
+	// one hit) so that no call loses more replies than go-redis retries
+	// (its retries of one call span ~100ms): the faults are network
+	// faults, not an outage.
+	rng := rand.New(rand.NewPCG(1, 2))
+	faults := 0
+	var lastDrop *faultproxy.Rule
+	var lastHit time.Time
+	for time.Now().Before(end) {
+		if lastDrop != nil && lastHit.IsZero() {
+			select {
+			case <-lastDrop.Matched():
+				lastHit = time.Now()
+			default:
+			}
+		}
+		dropOK := lastDrop == nil || (!lastHit.IsZero() && time.Since(lastHit) > 500*time.Millisecond)
+		d := time.Duration(50+rng.IntN(300)) * time.Millisecond
+		switch k := rng.IntN(6); {
+		case k < 3 && dropOK:
+			lastDrop = e.proxy.DropReply([]faultproxy.Match{anyScript, acquireCall, releaseCall}[k])
+			lastHit = time.Time{}
+		case k%3 == 0:
+			e.proxy.Delay(acquireCall, d)
+		case k%3 == 1:
+			e.proxy.Delay(releaseCall, d)
+		default:
+			e.proxy.Delay(anyScript, d)
+		}
+		faults++
+		time.Sleep(time.Duration(20+rng.IntN(80)) * time.Millisecond) // the storm's pace
+	}
+	wg.Wait()
+	for _, s := range sems {
+		if err := s.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	}
+	t.Logf("%d admissions under %d faults", admitted.Load(), faults)
+	if admitted.Load() < 5 {
+		t.Errorf("only %d admissions in %v", admitted.Load(), storm)
+	}
+	// Calls still delayed at the proxy (up to 350ms) arrive after Close.
+	if !eventually(3*time.Second, func() bool { return e.card(e.keys.leases)+e.card(e.keys.queue) == 0 }) {
+		t.Fatalf("left behind after every replica closed: %d leases, %d queued", e.card(e.keys.leases), e.card(e.keys.queue))
+	}
+}
+
+// Every renewal of a lease is stuck on its way to Redis until the lease has
+// expired there and another replica took the slot; then the stuck renewals
+// arrive. Properties: Held() turns false before Redis drops the lease (never
+// held while Redis has no lease for it), the lease's context ends with
+// ErrLeaseLost, and the late renewals do not resurrect it (no C+1 holders).
+func TestFaultStuckRenewalsLoseTheLeaseCleanly(t *testing.T) {
+	e := newFaultEnv(t)
+	const ttl = 2 * time.Second
+	opt := semaphore.Options{Size: 1, LeaseTTL: ttl}
+	a := e.sem(e.proxied(), opt)
+	b := e.sem(e.direct, opt)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	l, err := a.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Hold every script call of a from now on (its renewals) until release
+	// is closed; the held ones arrive on matched.
+	release, stop := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	unhold := func() { releaseOnce.Do(func() { close(release) }) }
+	defer unhold()
+	matched := make(chan *faultproxy.Rule, 100)
+	var holding sync.WaitGroup
+	holding.Go(func() {
+		for {
+			r := e.proxy.Hold(faultproxy.Match{Cmd: "EVALSHA"}, release)
+			select {
+			case <-r.Matched():
+				matched <- r
+			case <-stop:
+				return
+			}
+		}
+	})
+	var stuck []*faultproxy.Rule
+	select {
+	case r := <-matched:
+		stuck = append(stuck, r)
+	case <-time.After(2 * ttl):
+		t.Fatal("no renewal reached the proxy")
+	}
+
+	for l.Held() {
+		if !e.has(e.keys.leases, l.ID()) {
+			t.Fatal("Held() is true while Redis has no lease for it")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	within(t, l.Context().Done(), ttl, "the lease's context ending")
+	if cause := context.Cause(l.Context()); !errors.Is(cause, semaphore.ErrLeaseLost) {
+		t.Fatalf("lease ended with %v, want ErrLeaseLost", cause)
+	}
+	other, err := b.Acquire(ctx) // the slot returns at the TTL in Redis
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The stuck renewals arrive, late.
+	close(stop)
+	holding.Wait()
+	close(matched)
+	for r := range matched {
+		stuck = append(stuck, r)
+	}
+	unhold()
+	for _, r := range stuck {
+		within(t, r.Done(), 5*time.Second, "a late renewal, answered by Redis")
+	}
+	if e.has(e.keys.leases, l.ID()) || l.Held() {
+		t.Fatalf("a late renewal resurrected the lost lease (in Redis %v, held %v): C+1 holders", e.has(e.keys.leases, l.ID()), l.Held())
+	}
+	if !other.Held() || !e.has(e.keys.leases, other.ID()) || e.card(e.keys.leases) != 1 {
+		t.Fatalf("the new holder: held %v, in Redis %v, %d leases", other.Held(), e.has(e.keys.leases, other.ID()), e.card(e.keys.leases))
+	}
+	if err := other.Release(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

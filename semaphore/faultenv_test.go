@@ -66,15 +66,19 @@ func newFaultEnv(t *testing.T) *faultEnv {
 }
 
 // proxied returns a client whose connections all go through the fault proxy,
-// with the options a library user would set, spelled out because they decide
-// what a fault does:
-func (e *faultEnv) proxied() *redis.Client {
+// with go-redis's default retries.
+func (e *faultEnv) proxied() *redis.Client { return e.proxiedWith(3) }
+
+// proxiedWith returns a client through the fault proxy with the options a
+// library user would set, spelled out because they decide what a fault does:
+func (e *faultEnv) proxiedWith(maxRetries int) *redis.Client {
 	c := redis.NewClient(&redis.Options{
 		Addr: e.proxy.Addr(),
-		// go-redis's default: a command whose reply is lost (connection
-		// closed, EOF) is sent again, on a new connection, with the same
-		// arguments. The semaphore must be right whatever this is.
-		MaxRetries: 3,
+		// 3 is go-redis's default: a command whose reply is lost
+		// (connection closed, EOF) is sent again, on a new connection,
+		// with the same arguments; -1 sends it once. The semaphore must
+		// be right whatever this is.
+		MaxRetries: maxRetries,
 		// A call ends at the caller's deadline (as sluice serve sets it):
 		// the command may still reach Redis after the caller gave up.
 		ContextTimeoutEnabled: true,

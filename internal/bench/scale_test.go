@@ -1,10 +1,12 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -18,7 +20,6 @@ import (
 	"github.com/bsm/redislock"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/semaphore"
 )
@@ -110,7 +111,7 @@ func sluiceWaiters(b *testing.B, clients []*redis.Client) acquireFunc {
 // pollingWaiters is the peer: C redislock keys; a waiter tries one at
 // random every scalePoll until it obtains one.
 func pollingWaiters(b *testing.B, clients []*redis.Client) acquireFunc {
-	prefix := redisstate.Prefix(redistest.Budget(b)) + "slot:"
+	prefix := "redislock:{" + redistest.Budget(b) + "}:slot:"
 	lockers := make([]*redislock.Client, len(clients))
 	for i, c := range clients {
 		lockers[i] = redislock.New(c)
@@ -144,6 +145,7 @@ type scaleRow struct {
 	cpu      time.Duration
 	outBytes float64
 	p99      time.Duration // wait for a slot
+	top      []string      // the commands run most, with their count per admission
 }
 
 // runScale runs scaleWaiters waiters on acquire for scaleWarmup, then
@@ -179,13 +181,13 @@ func runScale(b *testing.B, clients []*redis.Client, acquire acquireFunc) scaleR
 		})
 	}
 	time.Sleep(scaleWarmup)
-	before, outBefore := snapshot(b, rdb), outputBytes(b, rdb)
+	before, outBefore, cmdsBefore := snapshot(b, rdb), outputBytes(b, rdb), commandStats(b, rdb)
 	measuring.Store(true)
 	start := time.Now()
 	time.Sleep(scaleMeasure)
 	measuring.Store(false)
 	elapsed := time.Since(start)
-	srv, out := snapshot(b, rdb).sub(before), outputBytes(b, rdb)-outBefore
+	srv, out, cmds := snapshot(b, rdb).sub(before), outputBytes(b, rdb)-outBefore, commandStats(b, rdb)
 	cancel()
 	wg.Wait()
 	if err := firstErr.Load(); err != nil {
@@ -201,6 +203,14 @@ func runScale(b *testing.B, clients []*redis.Client, acquire acquireFunc) scaleR
 		p99:      percentile(slices.Concat(waits...), 0.99),
 	}
 	row.util = row.perSec / (scaleSlots / scaleHold.Seconds())
+	for name, calls := range cmds {
+		cmds[name] = calls - cmdsBefore[name]
+	}
+	delete(cmds, "info") // the measurement's own
+	names := slices.SortedFunc(maps.Keys(cmds), func(x, y string) int { return cmp.Compare(cmds[y], cmds[x]) })
+	for _, name := range names[:min(len(names), 8)] {
+		row.top = append(row.top, fmt.Sprintf("%s %.1f", name, float64(cmds[name])/n))
+	}
 	b.ReportMetric(0, "ns/op") // a row runs for a fixed time, whatever b.N
 	b.ReportMetric(row.perSec, "adm/s")
 	b.ReportMetric(100*row.util, "util-%")
@@ -230,7 +240,17 @@ func outputBytes(b *testing.B, rdb *redis.Client) int64 {
 	return 0
 }
 
-// printScale writes the rows as a markdown table.
+// commandStats returns the calls of each command so far.
+func commandStats(b *testing.B, rdb *redis.Client) map[string]int64 {
+	stats, err := redistest.CommandStats(context.Background(), rdb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return stats
+}
+
+// printScale writes the rows as a markdown table, and then the commands
+// each row ran most.
 func printScale(w io.Writer, order []string, rows map[string]scaleRow) {
 	if len(order) == 0 {
 		return
@@ -243,5 +263,9 @@ func printScale(w io.Writer, order []string, rows map[string]scaleRow) {
 		r := rows[name]
 		fmt.Fprintf(w, "| %d | %s | %.0f | %.0f%% | %.1f | %s | %.0f | %s |\n",
 			r.replicas, r.peer, r.perSec, 100*r.util, r.commands, fmtDur(r.cpu), r.outBytes, fmtDur(r.p99))
+	}
+	fmt.Fprintln(w, "\nCommands run most, per admission (those run by scripts included):")
+	for _, name := range order {
+		fmt.Fprintf(w, "  %-28s %s\n", name, strings.Join(rows[name].top, ", "))
 	}
 }

@@ -216,8 +216,9 @@ func (p *Proxy) BlackHoleNext(m Match) *Rule { return p.add(&Rule{kind: blackHol
 func (p *Proxy) Watch(m Match) *Rule { return p.add(&Rule{kind: watch, match: m}) }
 
 // BlackHole black-holes, at once, every open connection that has sent a
-// command matching m among its first commands (e.g. Match{Cmd: "SUBSCRIBE"}
-// for the connection of a subscription), and returns how many it did.
+// command matching m among its first 64 commands (e.g. Match{Cmd:
+// "SUBSCRIBE"} for the connection of a subscription), and returns how many
+// it did. Connections opened later are not affected.
 func (p *Proxy) BlackHole(m Match) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()

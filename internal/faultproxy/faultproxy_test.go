@@ -225,3 +225,30 @@ func TestBlackHoleNextSwallowsTheCommand(t *testing.T) {
 		t.Fatalf("a black-holed command reached Redis: %v %v", n, err)
 	}
 }
+
+func TestInlineCommands(t *testing.T) {
+	_, p, _ := setup(t)
+	pings := p.Count(faultproxy.Match{Cmd: "PING"})
+	conn, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte("PING\r\nPING hello\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	want := "+PONG\r\n$5\r\nhello\r\n"
+	buf := make([]byte, 0, len(want))
+	for len(buf) < len(want) {
+		chunk := make([]byte, len(want)-len(buf))
+		n, err := conn.Read(chunk)
+		if err != nil {
+			t.Fatalf("after %q: %v", buf, err)
+		}
+		buf = append(buf, chunk[:n]...)
+	}
+	if string(buf) != want || pings.Load() != 2 {
+		t.Fatalf("got %q and %d PINGs counted, want %q and 2", buf, pings.Load(), want)
+	}
+}
