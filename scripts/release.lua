@@ -37,8 +37,10 @@ for i = 9, #ARGV do
 end
 redis.call('ZREMRANGEBYSCORE', st.gone, '-inf', now)
 keep_ttl(tomb_ttl, st.gone)
+-- Expired leases (of holders that died) go too, so none outlives its TTL
+-- for long while the semaphore is in use.
+redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
 if queued > 0 then
-  redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
   local holders = redis.call('ZCARD', st.leases)
   if holders < st.size then
     serve(st, holders, {}, nudge)
