@@ -18,11 +18,13 @@
 //
 // Each decision is one Lua script run in Redis (acquire, release, renew),
 // atomic on the node that owns the budget's hash slot. Callers that cannot be
-// granted at once join a queue in Redis; only its head may be granted. When a
-// slot frees, the script wakes the head on the channel of the one replica
-// that owns it (each replica subscribes to its own channel only, with sharded
-// pub/sub on a Redis Cluster of Redis 7 or later), so the cost of a wake-up
-// does not grow with the number of replicas. A replica keeps all its queued
+// granted at once join a queue in Redis; only its head may be granted. The
+// script that frees a slot grants it to the head at once and tells the one
+// replica that owns the head, on that replica's own channel (each replica
+// subscribes to its own channel only, with sharded pub/sub on a Redis Cluster
+// of Redis 7 or later), so the slot is not idle while its holder asks, and
+// the cost of a hand-over does not grow with the number of replicas. A
+// replica keeps all its queued
 // callers alive with one heartbeat; the callers of a replica that died are
 // dropped when they reach the head of the queue. Held leases are renewed in
 // one call per replica every LeaseTTL/3. A replica's subscription is pinged
@@ -55,10 +57,10 @@
 // the moment the first attempt was sent, with a margin of a tenth of the TTL,
 // never from a later answer. An acquire that arrives after its caller gave up
 // and withdrew it (delayed on another connection, or resent) finds a
-// tombstone and is refused, within one minute of the withdrawal. For calls to
-// end by their deadline when Redis hangs, use a client that honours context
-// deadlines (go-redis Options.ContextTimeoutEnabled) or has short read and
-// write timeouts.
+// tombstone and is refused, within one minute of the withdrawal. The scripts
+// need Redis 6.2 or later. For calls to end by their deadline when Redis
+// hangs, use a client that honours context deadlines (go-redis
+// Options.ContextTimeoutEnabled) or has short read and write timeouts.
 //
 // # Redis's clock
 //

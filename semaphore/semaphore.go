@@ -328,6 +328,9 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 			}
 			return nil, fmt.Errorf("%w: acquire: the request was withdrawn", ErrUnavailable)
 		}
+		if try {
+			return nil, ErrNotAcquired // never queued (a try is answered busy)
+		}
 		s.markQueued(id)
 		queuedSent = start
 		if l, err := s.handedOver(id, w, queuedSent); l != nil || err != nil {
