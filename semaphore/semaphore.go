@@ -151,7 +151,8 @@ type waiter struct {
 // New returns the semaphore of budget. It subscribes to its replica's wake
 // channel and starts the renewal loop; it does not fail when Redis is down
 // (calls fail until it is back). On a Redis Cluster of Redis 7 or later it
-// uses sharded pub/sub, so wake-ups stay on the budget's shard.
+// uses sharded pub/sub, so wake-ups stay on the budget's shard (it asks a
+// server's version first, waiting at most 2s).
 //
 // For calls to end by their deadline when Redis hangs, give it a client
 // that honours context deadlines (go-redis Options.ContextTimeoutEnabled, as
