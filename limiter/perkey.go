@@ -56,10 +56,11 @@ type Decision struct {
 }
 
 // Allow takes one request for key. The key is hashed (SHA-256) before use.
+// A failure of Redis is an error matching ErrUnavailable; nothing is taken.
 func (k *KeyLimiter) Allow(ctx context.Context, key string) (Decision, error) {
 	res, err := k.rl.Allow(ctx, k.prefix+HashKey(key), k.limit)
 	if err != nil {
-		return Decision{}, fmt.Errorf("limiter: per-key allow: %w", err)
+		return Decision{}, fmt.Errorf("%w: per-key allow: %w", ErrUnavailable, err)
 	}
 	d := Decision{
 		Allowed:    res.Allowed > 0,
@@ -89,8 +90,9 @@ func (d Decision) SetHeaders(h http.Header) {
 
 func ceilSeconds(d time.Duration) int { return int(math.Ceil(d.Seconds())) }
 
-// HashKey returns the hex SHA-256 of a user-controlled string, the only form
-// in which such strings are allowed into Redis keys.
+// HashKey returns the first 16 bytes of the SHA-256 of a user-controlled
+// string, hex-encoded (32 characters): the only form in which such strings
+// are allowed into Redis keys.
 func HashKey(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:16])
