@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +34,7 @@ const (
 type Sentinel struct {
 	nodes     []*process // the first primary, then its replica
 	sentinels []*process
+	link      *link // the replica's connection to the primary
 }
 
 // NewSentinel starts a primary, a replica of it, and three Sentinels
@@ -69,10 +73,18 @@ func NewSentinel(t testing.TB) *Sentinel {
 		}
 		return p
 	}
-	primary := start(processOptions{})
+	// The replica syncs at once (no 5s wait for more replicas to join), and
+	// through a link the test can cut (HoldReplication).
+	primary := start(processOptions{extra: []string{"--repl-diskless-sync-delay", "0"}})
 	s.nodes = append(s.nodes, primary)
 	host, port, _ := net.SplitHostPort(primary.addr())
-	s.nodes = append(s.nodes, start(processOptions{extra: []string{"--replicaof", host, port}}))
+	var err error
+	if s.link, err = newLink(primary.addr()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.link.close)
+	lhost, lport, _ := net.SplitHostPort(s.link.addr())
+	s.nodes = append(s.nodes, start(processOptions{extra: []string{"--replicaof", lhost, lport}}))
 	if err := waitReplica(ctx, s.nodes[1].addr()); err != nil {
 		t.Fatal(err)
 	}
@@ -137,6 +149,13 @@ func (s *Sentinel) Primary(ctx context.Context) (string, error) {
 	}
 	return "", errors.Join(errs...)
 }
+
+// HoldReplication makes the first primary's replica receive nothing more
+// from it: every write the primary acknowledges from now on is lost when it
+// dies. Asynchronous replication loses the writes of its last moments; this
+// makes those moments as long as the test likes. The replica still looks in
+// sync to the primary and the Sentinels, and is promoted as usual.
+func (s *Sentinel) HoldReplication() { s.link.held.Store(true) }
 
 // KillPrimary SIGKILLs the process of the current primary, which loses what
 // it had not yet sent to its replica, and returns its address.
@@ -287,4 +306,72 @@ func replication(ctx context.Context, addr string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	return c.Info(ctx, "replication").Result()
+}
+
+// link is a TCP proxy on loopback between a replica and its primary. Once
+// held, what the primary sends is dropped, never delivered.
+type link struct {
+	ln     net.Listener
+	target string
+	held   atomic.Bool
+
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newLink(target string) (*link, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	l := &link{ln: ln, target: target}
+	go l.serve()
+	return l, nil
+}
+
+func (l *link) addr() string { return l.ln.Addr().String() }
+
+func (l *link) serve() {
+	for {
+		down, err := l.ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		up, err := net.Dial("tcp", l.target)
+		if err != nil {
+			_ = down.Close()
+			continue
+		}
+		l.mu.Lock()
+		l.conns = append(l.conns, down, up)
+		l.mu.Unlock()
+		go func() { _, _ = io.Copy(up, down); _ = up.Close() }()
+		go l.forward(down, up)
+	}
+}
+
+// forward copies what the primary sends to the replica, unless held.
+func (l *link) forward(down, up net.Conn) {
+	defer down.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := up.Read(buf)
+		if n > 0 && !l.held.Load() {
+			if _, err := down.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (l *link) close() {
+	_ = l.ln.Close()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		_ = c.Close()
+	}
 }

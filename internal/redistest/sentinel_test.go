@@ -9,8 +9,9 @@ import (
 )
 
 // A Sentinel setup fails over: after the primary is SIGKILLed, the Sentinels
-// promote the replica, which has the data written before, and a
-// Sentinel-aware client writes to it.
+// promote the replica, which has the data replicated before (and not what
+// was written after HoldReplication), and a Sentinel-aware client writes to
+// it.
 func TestSentinel(t *testing.T) {
 	s := redistest.NewSentinel(t)
 	rdb := s.Client(t)
@@ -22,6 +23,10 @@ func TestSentinel(t *testing.T) {
 	// WAIT: the replica has the write before the primary dies.
 	if n, err := rdb.Wait(ctx, 1, 5000).Result(); err != nil || n != 1 {
 		t.Fatalf("WAIT: %d replicas, %v", n, err)
+	}
+	s.HoldReplication()
+	if err := rdb.Set(ctx, key+"-lost", "held", time.Minute).Err(); err != nil {
+		t.Fatal(err)
 	}
 	killed := s.KillPrimary(t)
 	began := time.Now()
@@ -43,6 +48,9 @@ func TestSentinel(t *testing.T) {
 	}
 	if got != "before" {
 		t.Fatalf("got %q after the failover, want the replicated value", got)
+	}
+	if n, err := rdb.Exists(ctx, key+"-lost").Result(); err != nil || n != 0 {
+		t.Fatalf("a write made while replication was held survived the failover (%d, %v)", n, err)
 	}
 	if err := rdb.Set(ctx, key, "after", time.Minute).Err(); err != nil {
 		t.Fatalf("write to the new primary: %v", err)
