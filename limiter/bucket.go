@@ -14,8 +14,8 @@ import (
 )
 
 var (
-	// ErrQueueTimeout means the caller's deadline cannot be met: the
-	// earliest slot the bucket can give is later than ctx's deadline. It is
+	// ErrQueueTimeout means the caller's deadline cannot be met. When the
+	// earliest slot the bucket can give is later than ctx's deadline, it is
 	// returned at once, without waiting, and the bucket is left unchanged.
 	// When the deadline itself passed (while waiting, or during the call to
 	// Redis), the error also matches context.DeadlineExceeded.
@@ -24,7 +24,9 @@ var (
 	// bucket can ever hold.
 	ErrCostExceedsBurst = errors.New("limiter: cost exceeds burst")
 	// ErrUnavailable marks errors of Redis itself (unreachable, failing,
-	// not answering in time): the caller was given nothing. With
+	// not answering in time): the caller holds no reservation (tokens that
+	// a script reserved before its reply was lost are lost, never spent
+	// twice). With
 	// ErrQueueTimeout too, Redis did not answer before the caller's
 	// deadline. Test it before ErrQueueTimeout to tell an outage from a
 	// full bucket.
