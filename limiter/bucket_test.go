@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -246,6 +247,9 @@ func TestWaitActsNoEarlierThanItsSlot(t *testing.T) {
 	wg.Wait()
 	if t.Failed() {
 		return
+	}
+	if first := slices.Min(acts); first < pause/2 {
+		t.Fatalf("a caller acted %v after the pause began: its call did not wait behind it", first)
 	}
 	// Redis gave the 4 slots one interval apart after the pause; whatever the
 	// callers' calls spent waiting on Redis must not be subtracted from them.
