@@ -199,7 +199,7 @@ func waitPercentiles(recs []Record) [3]plotter.XYs {
 	for _, r := range recs {
 		t0, t1 = minTime(t0, r.Start), maxTime(t1, r.End)
 	}
-	bucket := max(time.Second, (t1.Sub(t0)/60).Round(time.Second))
+	bucket := max(time.Second, (t1.Sub(t0) / 60).Round(time.Second))
 	by := make([][]time.Duration, int(t1.Sub(t0)/bucket)+1)
 	for _, r := range recs {
 		if r.HasQueueWait && r.Status != 0 {
