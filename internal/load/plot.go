@@ -59,7 +59,7 @@ func Plot(w io.Writer, format string, rep *Report) error {
 			b = *rep.Budget
 		}
 		p, err := panel(fmt.Sprintf("I2: most arrivals at the vendor in a %s window", v.Window), "calls",
-			series{"measured (per step)", arrivals, measuredColor, false})
+			series{"measured", arrivals, measuredColor, false})
 		if err != nil {
 			return err
 		}
@@ -69,7 +69,7 @@ func Plot(w io.Writer, format string, rep *Report) error {
 			}
 		}
 		panels = append(panels, p)
-		if p, err = panel("I1: calls in flight at the vendor", "calls", series{"most in flight (per step)", inFlight, measuredColor, true}); err != nil {
+		if p, err = panel("I1: calls in flight at the vendor", "calls", series{"measured", inFlight, measuredColor, true}); err != nil {
 			return err
 		}
 		if b.Concurrency > 0 {
@@ -80,7 +80,7 @@ func Plot(w io.Writer, format string, rep *Report) error {
 		panels = append(panels, p)
 	}
 	if waits := waitPercentiles(rep.Records); len(waits[0]) > 0 {
-		p, err := panel("Queue wait at the gateway (X-Sluice-Queue-Wait)", "ms",
+		p, err := panel("Queue wait at the gateway, by the second the answer ended", "seconds",
 			series{"p50", waits[0], waitColors[0], false}, series{"p90", waits[1], waitColors[1], false},
 			series{"p99", waits[2], waitColors[2], false})
 		if err != nil {
@@ -92,6 +92,14 @@ func Plot(w io.Writer, format string, rep *Report) error {
 		return ErrNothingToPlot
 	}
 
+	// One time axis for all panels.
+	xmax := 0.0
+	for _, p := range panels {
+		xmax = max(xmax, p.X.Max)
+	}
+	for _, p := range panels {
+		p.X.Min, p.X.Max = 0, xmax
+	}
 	const width, rowHeight = 8 * vg.Inch, 2.6 * vg.Inch
 	height := rowHeight * vg.Length(len(panels))
 	var c interface {
@@ -154,9 +162,9 @@ func panel(title, unit string, lines ...series) (*plot.Plot, error) {
 	p.Y.Label.Text = unit
 	p.Y.Min = 0
 	p.Legend.Top = true
-	p.Legend.Left = true
 	p.Add(plotter.NewGrid())
 	for _, s := range lines {
+		p.Y.Max = max(p.Y.Max, 1.3*maxY(s.xys)) // room for the legend
 		l, err := plotter.NewLine(s.xys)
 		if err != nil {
 			return nil, fmt.Errorf("load: plot: %w", err)
@@ -183,11 +191,19 @@ func addBound(p *plot.Plot, name string, bound, end float64) error {
 	l.Dashes = []vg.Length{vg.Points(6), vg.Points(3)}
 	p.Add(l)
 	p.Legend.Add(name, l)
-	p.Y.Max = max(p.Y.Max, bound*1.25)
+	p.Y.Max = max(p.Y.Max, bound*1.4)
 	return nil
 }
 
-// waitPercentiles returns p50, p90 and p99 of the queue waits (in ms) of
+func maxY(xys plotter.XYs) float64 {
+	m := 0.0
+	for _, xy := range xys {
+		m = max(m, xy.Y)
+	}
+	return m
+}
+
+// waitPercentiles returns p50, p90 and p99 of the queue waits (in seconds) of
 // the answers that ended in each bucket of the run, at the bucket's
 // middle. Buckets are a second, or longer for long runs (60 at most).
 func waitPercentiles(recs []Record) [3]plotter.XYs {
@@ -214,7 +230,7 @@ func waitPercentiles(recs []Record) [3]plotter.XYs {
 		}
 		x := (time.Duration(i)*bucket + bucket/2).Seconds()
 		for j, d := range []time.Duration{p.P50, p.P90, p.P99} {
-			out[j] = append(out[j], plotter.XY{X: x, Y: millis(d)})
+			out[j] = append(out[j], plotter.XY{X: x, Y: d.Seconds()})
 		}
 	}
 	return out

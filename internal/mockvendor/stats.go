@@ -298,8 +298,7 @@ type Point struct {
 	// the step (requests that arrived before the epoch are not counted).
 	MaxInFlight int
 	// MaxInWindow is the most arrivals in a closed window of length W that
-	// ends at an arrival of the step; the largest over all points is
-	// MaxInWindow(W).
+	// ends within the step; the largest over all points is MaxInWindow(W).
 	MaxInWindow int
 }
 
@@ -334,6 +333,14 @@ func (s Stats) Series(step, w time.Duration) ([]Point, time.Duration) {
 	}
 	slices.Sort(starts)
 	slices.Sort(ends)
+	// A window ending at the start of a step holds what it held at the end
+	// of the one before; within the step it gains only at arrivals.
+	for i := range pts {
+		at := pts[i].At
+		in, _ := slices.BinarySearch(starts, at+1)
+		out, _ := slices.BinarySearch(starts, at-w)
+		pts[i].MaxInWindow = in - out
+	}
 	lo := 0
 	for i, t := range starts {
 		for t-starts[lo] > w {
