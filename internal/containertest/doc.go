@@ -1,5 +1,5 @@
 // Package containertest runs sluice as its users do, in containers, and
-// checks the invariants of DESIGN.md (I1-I6) where they count: at the
+// checks the invariants I1-I6 (listed in the README) where they count: at the
 // vendor.
 //
 // [Start] brings up, on a Docker network of its own: a Redis container
