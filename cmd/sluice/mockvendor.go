@@ -23,7 +23,8 @@ func init() {
 
 func runMockVendor(args []string) int {
 	fs := newToolFlagSet("mockvendor", `Serves POST /v1/chat/completions (plain and "stream": true), GET /v1/models,
-GET /stats?window=1s, POST /stats/reset and GET /healthz. Per request, the
+GET /stats?window=1s[&step=100ms] (a time series with step), POST
+/stats/reset and GET /healthz. Per request, the
 headers X-Mock-Status: 503, X-Mock-Latency: 200ms and X-Mock-Stream-Cut: 1
 force a status, a latency and a cut answer.`)
 	listen := fs.String("listen", ":9090", "listen `address`", "SLUICE_MOCK_LISTEN")
