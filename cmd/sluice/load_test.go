@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/internal/mockvendor"
 	"github.com/sluicehq/sluice/internal/mockvendor/mockvendortest"
@@ -13,7 +14,9 @@ import (
 // TestLoadPlot runs `sluice load --plot` against a mock vendor standing in
 // for a gateway: the run passes its checks and the picture is written.
 func TestLoadPlot(t *testing.T) {
-	srv := mockvendortest.Start(t, mockvendor.Options{Limit: mockvendor.Limit{Concurrency: 2, Rate: 1000, Burst: 10}})
+	// Two clients and 5ms calls stay well inside the enforced budget.
+	srv := mockvendortest.Start(t, mockvendor.Options{LatencyMin: 5 * time.Millisecond,
+		Limit: mockvendor.Limit{Concurrency: 2, Rate: 1000, Burst: 10}})
 	path := filepath.Join(t.TempDir(), "run.svg")
 	code := runLoad([]string{"--url", srv.URL, "--vendor-stats", srv.URL + "/stats", "--clients", "2", "--requests", "20",
 		"--quiet", "--json", "--plot", path})
