@@ -13,13 +13,23 @@ import (
 )
 
 var (
-	// ErrQueueTimeout means the earliest slot the bucket can give is later
-	// than the caller's deadline. It is returned at once, without waiting,
-	// and the bucket is left unchanged.
+	// ErrQueueTimeout means the caller's deadline cannot be met. When the
+	// earliest slot the bucket can give is later than ctx's deadline, it is
+	// returned at once, without waiting, and the bucket is left unchanged.
+	// When the deadline itself passed (while waiting, or during the call to
+	// Redis), the error also matches context.DeadlineExceeded.
 	ErrQueueTimeout = errors.New("limiter: queue timeout")
 	// ErrCostExceedsBurst means a caller asked for more tokens than the
 	// bucket can ever hold.
 	ErrCostExceedsBurst = errors.New("limiter: cost exceeds burst")
+	// ErrUnavailable marks errors of Redis itself (unreachable, failing,
+	// not answering in time): the caller holds no reservation (tokens that
+	// a script reserved before its reply was lost are lost, never spent
+	// twice). With
+	// ErrQueueTimeout too, Redis did not answer before the caller's
+	// deadline. Test it before ErrQueueTimeout to tell an outage from a
+	// full bucket.
+	ErrUnavailable = errors.New("limiter: redis unavailable")
 )
 
 // Bucket is a token bucket shared by every replica through Redis: Rate tokens
@@ -51,22 +61,23 @@ func NewBucket(rdb redis.Scripter, budget string, lim Limit) (*Bucket, error) {
 // Limit returns the bucket's limit.
 func (b *Bucket) Limit() Limit { return b.limit }
 
-// Reservation is a claim on tokens of a Bucket: the holder may act after
-// Delay. Cancel it if it will not act.
+// Reservation is a claim on tokens of a Bucket: the holder may act from
+// TimeToAct on. Cancel it if it will not act.
 type Reservation struct {
 	b     *Bucket
 	n     int
 	tat   int64
-	delay time.Duration
 	actAt time.Time
 	done  atomic.Bool
 }
 
-// Delay is how long the holder had to wait, from the moment the reservation
-// was made, before acting.
-func (r *Reservation) Delay() time.Duration { return r.delay }
+// Delay is how long the holder must still wait before acting: zero once
+// TimeToAct has passed. It counts down, as x/time/rate's does.
+func (r *Reservation) Delay() time.Duration { return max(time.Until(r.actAt), 0) }
 
-// TimeToAct is the local time from which the holder may act.
+// TimeToAct is the local time from which the holder may act. It is never
+// before the slot Redis gave: the wait Redis named is counted from when its
+// reply arrived, which is after the script ran.
 func (r *Reservation) TimeToAct() time.Time { return r.actAt }
 
 // Cancel tells the bucket the reserved tokens will not be used. They are given
@@ -83,7 +94,7 @@ func (r *Reservation) Cancel(ctx context.Context) (bool, error) {
 	defer stop()
 	back, err := r.b.keys.Cancel(ctx, r.b.rdb, r.b.interval, r.n, r.tat)
 	if err != nil {
-		return false, fmt.Errorf("limiter: cancel: %w", err)
+		return false, fmt.Errorf("%w: cancel: %w", ErrUnavailable, err)
 	}
 	return back, nil
 }
@@ -91,26 +102,67 @@ func (r *Reservation) Cancel(ctx context.Context) (bool, error) {
 // shieldTimeout bounds cleanup that must run after the caller gave up.
 const shieldTimeout = 2 * time.Second
 
-// Reserve reserves n tokens for a caller that can wait at most maxWait
-// (negative: no limit). If the earliest slot is later than that, it returns
+// unansweredAfter is how long a call to Redis must have had before the
+// caller's deadline for its cut by that deadline to say that Redis does not
+// answer (rather than that the caller came too late).
+const unansweredAfter = 100 * time.Millisecond
+
+// Reserve reserves n tokens and returns when the caller may use them,
+// without waiting. The caller may wait until ctx's deadline (any time when
+// ctx has none): if the earliest slot is later, Reserve returns
 // ErrQueueTimeout at once and takes nothing.
-func (b *Bucket) Reserve(ctx context.Context, n int, maxWait time.Duration) (*Reservation, error) {
+func (b *Bucket) Reserve(ctx context.Context, n int) (*Reservation, error) {
 	if n > b.limit.Burst {
 		return nil, fmt.Errorf("%w: %d > %d", ErrCostExceedsBurst, n, b.limit.Burst)
 	}
 	if n <= 0 {
 		return nil, fmt.Errorf("limiter: cost must be positive, got %d", n)
 	}
-	start := time.Now()
+	if ctx.Err() != nil {
+		return nil, ctxError(ctx)
+	}
+	maxWait := time.Duration(-1) // no limit
+	deadline, hasDeadline := ctx.Deadline()
+	if hasDeadline {
+		maxWait = time.Until(deadline).Truncate(time.Microsecond)
+		if maxWait <= 0 {
+			return nil, ctxError(ctx)
+		}
+	}
+	sent := time.Now()
 	res, err := b.keys.Reserve(ctx, b.rdb, b.interval, b.limit.Burst, n, maxWait)
+	// The wait Redis names counts from when the script ran; the reply came
+	// after that. Counting from the reply can only act later than the slot,
+	// never earlier, however long the call spent in the pool, on the
+	// network or behind a busy Redis.
+	replied := time.Now()
 	if err != nil {
-		return nil, fmt.Errorf("limiter: reserve: %w", err)
+		// A reservation the script made before the reply was lost stays
+		// unused: its tokens are lost, never spent twice.
+		switch {
+		case errors.Is(ctx.Err(), context.Canceled):
+			return nil, ctx.Err()
+		case hasDeadline && !replied.Before(deadline) && deadline.Sub(sent) < unansweredAfter:
+			return nil, ctxError(ctx)
+		case hasDeadline && !replied.Before(deadline):
+			return nil, fmt.Errorf("%w: %w: reserve: %w", ErrQueueTimeout, ErrUnavailable, err)
+		}
+		return nil, fmt.Errorf("%w: reserve: %w", ErrUnavailable, err)
 	}
-	delay := res.Wait
+	wait := res.Wait
 	if !res.OK {
-		return nil, fmt.Errorf("%w: next slot in %s, can wait %s", ErrQueueTimeout, delay, maxWait)
+		return nil, fmt.Errorf("%w: next slot in %s, deadline in %s", ErrQueueTimeout, wait, deadline.Sub(sent).Round(time.Millisecond))
 	}
-	return &Reservation{b: b, n: n, tat: res.TAT, delay: delay, actAt: start.Add(delay)}, nil
+	r := &Reservation{b: b, n: n, tat: res.TAT, actAt: replied.Add(wait)}
+	if hasDeadline && r.actAt.After(deadline) {
+		// The round trip used up the margin the script allowed for.
+		_, _ = r.Cancel(ctx)
+		if !replied.Before(deadline) {
+			return nil, ctxError(ctx)
+		}
+		return nil, fmt.Errorf("%w: next slot in %s, deadline in %s", ErrQueueTimeout, wait, deadline.Sub(replied).Round(time.Millisecond))
+	}
+	return r, nil
 }
 
 // Wait is WaitN(ctx, 1).
@@ -119,20 +171,15 @@ func (b *Bucket) Wait(ctx context.Context) error { return b.WaitN(ctx, 1) }
 // WaitN blocks until n tokens are the caller's, or fails. If ctx has a
 // deadline that the earliest slot cannot meet, it returns ErrQueueTimeout at
 // once, consuming nothing. If ctx ends while waiting, the tokens are given
-// back when that is safe (see Reservation.Cancel) and ctx's error is returned.
+// back when that is safe (see Reservation.Cancel) and WaitN returns ctx's
+// error (ErrQueueTimeout matching context.DeadlineExceeded when the deadline
+// passed).
 func (b *Bucket) WaitN(ctx context.Context, n int) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	maxWait := time.Duration(-1)
-	if dl, ok := ctx.Deadline(); ok {
-		maxWait = max(time.Until(dl), 0)
-	}
-	r, err := b.Reserve(ctx, n, maxWait)
+	r, err := b.Reserve(ctx, n)
 	if err != nil {
 		return err
 	}
-	d := time.Until(r.actAt)
+	d := r.Delay()
 	if d <= 0 {
 		return nil
 	}
@@ -143,6 +190,15 @@ func (b *Bucket) WaitN(ctx context.Context, n int) error {
 		return nil
 	case <-ctx.Done():
 		_, _ = r.Cancel(ctx)
-		return ctx.Err()
+		return ctxError(ctx)
 	}
+}
+
+// ctxError is the error of a wait that ctx ended, or whose deadline passed
+// (ctx may not say so yet: its timer can fire after the clock passed it).
+func ctxError(ctx context.Context) error {
+	if err := ctx.Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrQueueTimeout, context.DeadlineExceeded)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -28,18 +29,21 @@ func newBucket(t testing.TB, rdb redis.Scripter, budget string, lim Limit) *Buck
 	return b
 }
 
-// Reservations are served in order: each waits one interval longer than the
-// one before, once the burst is used.
+// Reservations are served in order: once the burst is used, each gets the
+// slot one interval after the one before, and is told to wait for it.
 func TestReserveOrderAndBurst(t *testing.T) {
 	rdb := redistest.New(t).Client(t)
-	b := newBucket(t, rdb, redistest.Budget(t), Limit{Rate: 10, Burst: 3, Period: time.Second})
+	lim := Limit{Rate: 1, Burst: 3, Period: time.Second}
+	b := newBucket(t, rdb, redistest.Budget(t), lim)
 	ctx := context.Background()
+	var rs []*Reservation
 	var delays []time.Duration
 	for range 6 {
-		r, err := b.Reserve(ctx, 1, -1)
+		r, err := b.Reserve(ctx, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
+		rs = append(rs, r)
 		delays = append(delays, r.Delay())
 	}
 	for i := range 3 {
@@ -49,11 +53,18 @@ func TestReserveOrderAndBurst(t *testing.T) {
 	}
 	for i := 3; i < 6; i++ {
 		// The i-th reservation may act (i-2) intervals after the first,
-		// less the time that passed between the calls.
-		want := time.Duration(i-2) * 100 * time.Millisecond
-		if delays[i] > want || delays[i] < want-50*time.Millisecond || delays[i] <= delays[i-1] {
+		// less the time that passed since (generous: a busy machine).
+		want := time.Duration(i-2) * lim.Interval()
+		if got := time.Duration(rs[i].tat-rs[i-1].tat) * time.Microsecond; got != lim.Interval() {
+			t.Fatalf("reservation %d is %s after the one before, want %s", i, got, lim.Interval())
+		}
+		if delays[i] > want || delays[i] < want-lim.Interval()/2 || !rs[i].TimeToAct().After(rs[i-1].TimeToAct()) {
 			t.Fatalf("delays %v: reservation %d should wait about %s", delays, i, want)
 		}
+	}
+	// Delay counts down to the slot.
+	if d := rs[5].Delay(); d >= delays[5] {
+		t.Fatalf("Delay went from %s to %s: it does not count down", delays[5], d)
 	}
 }
 
@@ -64,19 +75,21 @@ func TestReserveQueueTimeoutConsumesNothing(t *testing.T) {
 	budget := redistest.Budget(t)
 	b := newBucket(t, rdb, budget, Limit{Rate: 1, Burst: 1, Period: time.Hour})
 	ctx := context.Background()
-	if _, err := b.Reserve(ctx, 1, 0); err != nil {
+	if _, err := b.Reserve(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result()
-	_, err := b.Reserve(ctx, 1, time.Minute)
-	if !errors.Is(err, ErrQueueTimeout) {
-		t.Fatalf("got %v, want ErrQueueTimeout", err)
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	_, err := b.Reserve(rctx, 1)
+	if !errors.Is(err, ErrQueueTimeout) || errors.Is(err, context.DeadlineExceeded) || rctx.Err() != nil {
+		t.Fatalf("got %v (ctx %v), want ErrQueueTimeout at once", err, rctx.Err())
 	}
 	after, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result()
 	if before != after {
 		t.Fatalf("a refused reservation changed the bucket: %s -> %s", before, after)
 	}
-	if _, err := b.Reserve(ctx, 2, -1); !errors.Is(err, ErrCostExceedsBurst) {
+	if _, err := b.Reserve(ctx, 2); !errors.Is(err, ErrCostExceedsBurst) {
 		t.Fatalf("got %v, want ErrCostExceedsBurst", err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -92,12 +105,12 @@ func TestCancelGivesBackOnlyTheLatest(t *testing.T) {
 	rdb := redistest.New(t).Client(t)
 	b := newBucket(t, rdb, redistest.Budget(t), Limit{Rate: 1, Burst: 1, Period: time.Hour})
 	ctx := context.Background()
-	first, _ := b.Reserve(ctx, 1, -1)
-	second, err := b.Reserve(ctx, 1, -1)
+	first, _ := b.Reserve(ctx, 1)
+	second, err := b.Reserve(ctx, 1)
 	if err != nil || first == nil {
 		t.Fatal(err)
 	}
-	third, _ := b.Reserve(ctx, 1, -1)
+	third, _ := b.Reserve(ctx, 1)
 	if ok, err := second.Cancel(ctx); ok || err != nil {
 		t.Fatalf("cancel of a middle reservation: gave back %v, %v", ok, err)
 	}
@@ -108,7 +121,7 @@ func TestCancelGivesBackOnlyTheLatest(t *testing.T) {
 		t.Fatal("second cancel gave back again")
 	}
 	// The slot of the third is free again: the next one gets it.
-	next, _ := b.Reserve(ctx, 1, -1)
+	next, _ := b.Reserve(ctx, 1)
 	if d := next.Delay(); d < 2*time.Hour-time.Minute || d > 2*time.Hour {
 		t.Fatalf("next reservation waits %s, want the third's slot (2h)", d)
 	}
@@ -166,7 +179,7 @@ func reserveUnderLoad(t testing.TB, rdb redis.Scripter, budget string, lim Limit
 		go func() {
 			defer wg.Done()
 			for i := g; i < n; i += 8 {
-				r, err := b.Reserve(context.Background(), 1, -1)
+				r, err := b.Reserve(context.Background(), 1)
 				if err != nil {
 					t.Error(err)
 					return
@@ -201,4 +214,126 @@ func TestChildBucket(t *testing.T) {
 	n, _ := strconv.Atoi(multiproc.Env(t, "N"))
 	slots := reserveUnderLoad(t, rdb, multiproc.Env(t, "BUDGET"), Limit{Rate: 50, Burst: 5, Period: time.Second}, n)
 	multiproc.PrintInts("SLOTS", slots)
+}
+
+// Callers act no earlier than the slots Redis gave them, however long their
+// calls took to reach Redis: 4 callers whose scripts wait behind a CLIENT
+// PAUSE must still act an interval apart, measured at the callers' act
+// times against the limit (burst 1: at most one act in any window shorter
+// than the interval).
+func TestWaitActsNoEarlierThanItsSlot(t *testing.T) {
+	srv := redistest.NewIsolated(t)
+	rdb := srv.Client(t)
+	lim := Limit{Rate: 5, Burst: 1, Period: time.Second} // a slot every 200ms
+	b := newBucket(t, rdb, redistest.Budget(t), lim)
+	ctx := context.Background()
+	if err := rdb.Ping(ctx).Err(); err != nil { // connect before the pause
+		t.Fatal(err)
+	}
+	const callers, pause = 4, 700 * time.Millisecond
+	if err := rdb.Do(ctx, "CLIENT", "PAUSE", pause.Milliseconds()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	acts := make([]time.Duration, callers)
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Go(func() {
+			if err := b.Wait(ctx); err != nil {
+				t.Error(err)
+			}
+			acts[i] = time.Since(paused)
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	if first := slices.Min(acts); first < pause/2 {
+		t.Fatalf("a caller acted %v after the pause began: its call did not wait behind it", first)
+	}
+	// Redis gave the 4 slots one interval apart after the pause; whatever the
+	// callers' calls spent waiting on Redis must not be subtracted from them.
+	w := lim.Interval() / 2
+	if got := invariant.MaxInWindow(acts, w); got > lim.Burst {
+		t.Fatalf("%d callers acted within %s (acts at %v after the pause began); at most %d may", got, w, acts, lim.Burst)
+	}
+	t.Logf("acts at %v after a %s pause", acts, pause)
+}
+
+// Errors say what happened: Redis down is ErrUnavailable (with
+// ErrQueueTimeout too when it did not answer before the deadline), a
+// deadline cut short is ErrQueueTimeout matching context.DeadlineExceeded,
+// a cancelled wait is ctx's error and gives its tokens back.
+func TestBucketErrors(t *testing.T) {
+	lim := Limit{Rate: 1, Burst: 1, Period: time.Hour}
+	ctx := context.Background()
+
+	t.Run("unreachable", func(t *testing.T) {
+		rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1})
+		defer rdb.Close()
+		b := newBucket(t, rdb, "down", lim)
+		err := b.Wait(ctx)
+		if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrQueueTimeout) {
+			t.Fatalf("got %v, want ErrUnavailable only", err)
+		}
+	})
+
+	t.Run("paused", func(t *testing.T) {
+		srv := redistest.NewIsolated(t)
+		opt, _ := redis.ParseURL(srv.URL())
+		opt.ContextTimeoutEnabled, opt.MaxRetries = true, -1
+		rdb := redis.NewClient(opt)
+		defer rdb.Close()
+		b := newBucket(t, rdb, redistest.Budget(t), lim)
+		if err := rdb.Do(ctx, "CLIENT", "PAUSE", 2000).Err(); err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Client(t).Do(ctx, "CLIENT", "UNPAUSE")
+		for _, tc := range []struct {
+			timeout     time.Duration
+			unavailable bool
+		}{{20 * time.Millisecond, false}, {400 * time.Millisecond, true}} {
+			wctx, cancel := context.WithTimeout(ctx, tc.timeout)
+			err := b.Wait(wctx)
+			cancel()
+			if !errors.Is(err, ErrQueueTimeout) || errors.Is(err, ErrUnavailable) != tc.unavailable {
+				t.Fatalf("deadline %s: got %v; want ErrQueueTimeout, ErrUnavailable %v", tc.timeout, err, tc.unavailable)
+			}
+			if !tc.unavailable && !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("deadline %s: got %v; want it to match context.DeadlineExceeded", tc.timeout, err)
+			}
+		}
+	})
+
+	t.Run("cancelled", func(t *testing.T) {
+		rdb := redistest.New(t).Client(t)
+		budget := redistest.Budget(t)
+		b := newBucket(t, rdb, budget, lim)
+		if err := b.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result()
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- b.Wait(wctx) }()
+		// Cancel once the wait holds its reservation (the bucket moved).
+		for {
+			if now, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result(); now != before {
+				break
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("Wait returned %v before cancellation", err)
+			case <-time.After(time.Millisecond):
+			}
+		}
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) || errors.Is(err, ErrQueueTimeout) {
+			t.Fatalf("got %v, want context.Canceled", err)
+		}
+		if after, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result(); after != before {
+			t.Fatalf("the cancelled wait kept its tokens: %s -> %s", before, after)
+		}
+	})
 }

@@ -49,3 +49,40 @@ func ExampleKeyLimiter_Allow() {
 	fmt.Println(first.Allowed, second.Allowed, second.RetryAfter > 0)
 	// Output: true false true
 }
+
+// Reserve takes tokens without waiting and says when they may be used; a
+// caller that will not act cancels its reservation.
+func ExampleBucket_Reserve() {
+	mr, _ := miniredis.Run()
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	bucket, _ := limiter.NewBucket(rdb, "vendor-x", limiter.PerMinute(2)) // 2 per minute, burst 2
+	ctx := context.Background()
+	for range 3 {
+		r, _ := bucket.Reserve(ctx, 1)
+		fmt.Println(r.Delay().Round(10 * time.Second))
+	}
+	r, _ := bucket.Reserve(ctx, 1)
+	if r.Delay() > time.Second { // too long to wait: give the tokens back
+		back, _ := r.Cancel(ctx)
+		fmt.Println("gave back:", back)
+	}
+	// Output:
+	// 0s
+	// 0s
+	// 30s
+	// gave back: true
+}
+
+// A rate as people write it; ParseLimit gives burst 1, the strictest.
+func ExampleParseLimit() {
+	lim, _ := limiter.ParseLimit("500/m")
+	fmt.Println(lim, lim.Interval())
+	lim.Burst = 20
+	fmt.Println(lim)
+	// Output:
+	// 500/m burst 1 120ms
+	// 500/m burst 20
+}

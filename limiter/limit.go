@@ -9,7 +9,11 @@ import (
 )
 
 // Limit is a rate: Rate events per Period, with bursts of up to Burst events.
-// It is the same shape as redis_rate.Limit so the two convert freely.
+// It has the fields of redis_rate.Limit, in the same order, so a Go
+// conversion turns one into the other (redis_rate.Limit(l)); PerSecond,
+// PerMinute and PerHour build the same limits as redis_rate's functions of
+// those names, whose burst is the rate. ParseLimit gives burst 1 instead, the
+// strictest.
 //
 // The zero Limit means "no limit".
 type Limit struct {
@@ -18,21 +22,32 @@ type Limit struct {
 	Period time.Duration
 }
 
-// PerSecond returns a Limit of rate events per second with a burst of 1.
-func PerSecond(rate int) Limit { return Limit{Rate: rate, Burst: 1, Period: time.Second} }
+// PerSecond returns a Limit of rate events per second with a burst of rate,
+// as redis_rate.PerSecond does.
+func PerSecond(rate int) Limit { return Limit{Rate: rate, Burst: rate, Period: time.Second} }
 
-// PerMinute returns a Limit of rate events per minute with a burst of 1.
-func PerMinute(rate int) Limit { return Limit{Rate: rate, Burst: 1, Period: time.Minute} }
+// PerMinute returns a Limit of rate events per minute with a burst of rate,
+// as redis_rate.PerMinute does.
+func PerMinute(rate int) Limit { return Limit{Rate: rate, Burst: rate, Period: time.Minute} }
+
+// PerHour returns a Limit of rate events per hour with a burst of rate, as
+// redis_rate.PerHour does.
+func PerHour(rate int) Limit { return Limit{Rate: rate, Burst: rate, Period: time.Hour} }
 
 // IsZero reports whether l is the zero Limit (no limit).
 func (l Limit) IsZero() bool { return l == Limit{} }
 
-// Interval is the time one token takes to refill: Period / Rate.
+// Interval is the time one token takes to refill: Period / Rate, rounded UP
+// to a whole microsecond, the unit in which the Bucket keeps time. Rounding
+// up is the safe way: a bucket of 3/s grants a token every 333334µs, never
+// faster than the rate. It is the interval the Bucket and the semaphore's
+// admission use; it is zero when Rate is not positive.
 func (l Limit) Interval() time.Duration {
-	if l.Rate <= 0 {
+	if l.Rate <= 0 || l.Period <= 0 {
 		return 0
 	}
-	return l.Period / time.Duration(l.Rate)
+	us := l.Period.Microseconds()
+	return time.Duration((us+int64(l.Rate)-1)/int64(l.Rate)) * time.Microsecond
 }
 
 // String formats l as ParseLimit reads it, e.g. "60/m burst 5".
@@ -44,8 +59,8 @@ func (l Limit) String() string {
 }
 
 // Validate reports whether l can be used by a Bucket: a positive rate, a
-// positive burst, and a period of at least Rate microseconds (the scripts keep
-// time in microseconds).
+// positive burst, and a period of whole microseconds, at least Rate of them
+// (the scripts keep time in microseconds).
 func (l Limit) Validate() error {
 	switch {
 	case l.Rate <= 0:
@@ -54,7 +69,9 @@ func (l Limit) Validate() error {
 		return fmt.Errorf("limiter: burst must be positive, got %d", l.Burst)
 	case l.Period <= 0:
 		return fmt.Errorf("limiter: period must be positive, got %s", l.Period)
-	case l.Interval() < time.Microsecond:
+	case l.Period%time.Microsecond != 0:
+		return fmt.Errorf("limiter: period must be a whole number of microseconds, got %s", l.Period)
+	case l.Period.Microseconds() < int64(l.Rate):
 		return fmt.Errorf("limiter: rate %d per %s is finer than one token per microsecond", l.Rate, l.Period)
 	}
 	return nil
@@ -76,7 +93,8 @@ var errLimitSyntax = errors.New(`want RATE/PERIOD, e.g. "60/m", "10/s", "1000/h"
 
 // ParseLimit reads a rate written as RATE/PERIOD: "60/m", "10/s", "1000/h",
 // "1/d", or any Go duration as the period ("5/250ms", "30/1m30s"). The
-// returned Limit has Burst 1; set Burst separately.
+// returned Limit has Burst 1, the strictest (no two events closer than
+// Interval); set Burst separately.
 func ParseLimit(s string) (Limit, error) {
 	rate, per, ok := strings.Cut(strings.TrimSpace(s), "/")
 	if !ok {

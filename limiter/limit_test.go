@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-redis/redis_rate/v10"
+
+	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -27,6 +30,7 @@ func TestParseLimit(t *testing.T) {
 		{in: "10/fortnight", err: "unknown period"},
 		{in: "10/-1s", err: "unknown period"},
 		{in: "2000000/s", err: "finer than one token per microsecond"},
+		{in: "1/1500ns", err: "whole number of microseconds"},
 	} {
 		got, err := ParseLimit(tc.in)
 		if tc.err != "" {
@@ -37,6 +41,47 @@ func TestParseLimit(t *testing.T) {
 		}
 		if err != nil || got != tc.want {
 			t.Errorf("ParseLimit(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// PerSecond, PerMinute and PerHour build the limits redis_rate's functions of
+// the same names build, and a Limit converts to redis_rate.Limit as is.
+func TestLimitsAgreeWithRedisRate(t *testing.T) {
+	for _, tc := range []struct{ ours, theirs redis_rate.Limit }{
+		{redis_rate.Limit(PerSecond(10)), redis_rate.PerSecond(10)},
+		{redis_rate.Limit(PerMinute(60)), redis_rate.PerMinute(60)},
+		{redis_rate.Limit(PerHour(1000)), redis_rate.PerHour(1000)},
+	} {
+		if tc.ours != tc.theirs {
+			t.Errorf("got %+v, redis_rate has %+v", tc.ours, tc.theirs)
+		}
+	}
+}
+
+// One rounding of the interval, up to a whole microsecond, everywhere: the
+// Limit's Interval is what the scripts are given.
+func TestIntervalRoundsUpOnce(t *testing.T) {
+	for _, tc := range []struct {
+		l    Limit
+		want time.Duration
+	}{
+		{Limit{Rate: 10, Burst: 1, Period: time.Second}, 100 * time.Millisecond},
+		{Limit{Rate: 3, Burst: 1, Period: time.Second}, 333334 * time.Microsecond},
+		{Limit{Rate: 7, Burst: 1, Period: time.Minute}, 8571429 * time.Microsecond},
+		{Limit{Rate: 1000000, Burst: 1, Period: time.Second}, time.Microsecond},
+		{Limit{Rate: 999999, Burst: 1, Period: time.Second}, 2 * time.Microsecond},
+		{Limit{Rate: 3, Burst: 1, Period: 24 * time.Hour}, 8 * time.Hour},
+	} {
+		if err := tc.l.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		got := tc.l.Interval()
+		if got != tc.want || got.Microseconds() != redisstate.IntervalMicros(tc.l.Rate, tc.l.Period) {
+			t.Errorf("%v: Interval %s, scripts' %dµs; want %s for both", tc.l, got, redisstate.IntervalMicros(tc.l.Rate, tc.l.Period), tc.want)
+		}
+		if time.Duration(tc.l.Rate)*got < tc.l.Period {
+			t.Errorf("%v: Interval %s refills faster than the rate", tc.l, got)
 		}
 	}
 }

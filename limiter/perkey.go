@@ -56,10 +56,11 @@ type Decision struct {
 }
 
 // Allow takes one request for key. The key is hashed (SHA-256) before use.
+// A failure of Redis is an error matching ErrUnavailable; nothing is taken.
 func (k *KeyLimiter) Allow(ctx context.Context, key string) (Decision, error) {
 	res, err := k.rl.Allow(ctx, k.prefix+redisstate.HashKey(key), k.limit)
 	if err != nil {
-		return Decision{}, fmt.Errorf("limiter: per-key allow: %w", err)
+		return Decision{}, fmt.Errorf("%w: per-key allow: %w", ErrUnavailable, err)
 	}
 	d := Decision{
 		Allowed:    res.Allowed > 0,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -30,6 +31,9 @@ first and checks the invariants against them at the end:
   I1 max in flight <= C, I2 max arrivals in any window W <= B + R*W,
   I4 no 500 and no transport error, and reports I5 utilisation.
 Limits not given are taken from the limit the mockvendor enforces, if any.
+With --plot FILE.svg (or .png) it draws what it measured: arrivals per
+window at the vendor against B + R*W, calls in flight at the vendor against
+C (both need --vendor-stats), and queue wait percentiles over time.
 Exit status: 0 ok, 1 a check FAILed or no request got an answer, 2 bad
 flags, 130 interrupted.`)
 	urls := fs.String("url", "", "comma-separated gateway base `URLs` (required); /v1/chat/completions is appended", "")
@@ -46,6 +50,7 @@ flags, 130 interrupted.`)
 	burst := fs.Int("burst", 0, "vendor burst `B` for I2 (0: the vendor's, else 1)", "")
 	conc := fs.Int("concurrency", 0, "vendor concurrency `C` for I1", "")
 	window := fs.Duration("window", time.Second, "window `W` for I2", "")
+	plotPath := fs.String("plot", "", "draw the run into `FILE`.svg or FILE.png", "")
 	asJSON := fs.Bool("json", false, "print the report as JSON on stdout", "")
 	quiet := fs.Bool("quiet", false, "no progress on stderr", "")
 	if code, ok := fs.parse(args); !ok {
@@ -81,8 +86,14 @@ flags, 130 interrupted.`)
 	case !(*cancelFrac >= 0 && *cancelFrac <= 1):
 		return fs.fail("--cancel %v: want a fraction in [0,1]", *cancelFrac)
 	}
+	if ext := strings.ToLower(filepath.Ext(*plotPath)); *plotPath != "" && ext != ".svg" && ext != ".png" {
+		return fs.fail("--plot %q: the name must end in .svg or .png", *plotPath)
+	}
 	if *vendor != "" {
 		vc := &load.VendorCheck{StatsURL: *vendor, Concurrency: *conc, Burst: *burst, Window: *window}
+		if *plotPath != "" {
+			vc.Step = load.DefaultPlotStep
+		}
 		if *rate != "" {
 			var err error
 			if vc.Rate, vc.Period, err = mockvendor.ParseRate(*rate); err != nil {
@@ -116,9 +127,20 @@ flags, 130 interrupted.`)
 	} else {
 		rep.WriteText(os.Stdout)
 	}
+	plotFailed := false
+	if *plotPath != "" {
+		if perr := load.PlotFile(*plotPath, rep); perr != nil {
+			fmt.Fprintf(os.Stderr, "sluice %v\n", perr)
+			plotFailed = true
+		} else if !*quiet {
+			fmt.Fprintf(os.Stderr, "sluice load: plot written to %s\n", *plotPath)
+		}
+	}
 	switch {
 	case err != nil:
 		fmt.Fprintf(os.Stderr, "sluice %v\n", err)
+		return 1
+	case plotFailed:
 		return 1
 	case rep.Failed():
 		return 1

@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -26,7 +23,8 @@ func init() {
 
 func runMockVendor(args []string) int {
 	fs := newToolFlagSet("mockvendor", `Serves POST /v1/chat/completions (plain and "stream": true), GET /v1/models,
-GET /stats?window=1s, POST /stats/reset and GET /healthz. Per request, the
+GET /stats?window=1s[&step=100ms] (a time series with step), POST
+/stats/reset and GET /healthz. Per request, the
 headers X-Mock-Status: 503, X-Mock-Latency: 200ms and X-Mock-Stream-Cut: 1
 force a status, a latency and a cut answer.`)
 	listen := fs.String("listen", ":9090", "listen `address`", "SLUICE_MOCK_LISTEN")
@@ -41,7 +39,7 @@ force a status, a latency and a cut answer.`)
 	conc := fs.Int("concurrency", 0, "enforce at most `C` requests in flight, else 429 (0: off)", "SLUICE_MOCK_CONCURRENCY")
 	rate := fs.String("rate", "", "enforce a `rate` such as 10/s or 60/m, else 429 (empty: off)", "SLUICE_MOCK_RATE")
 	burst := fs.Int("burst", 1, "`B`, bucket size of the enforced rate", "SLUICE_MOCK_BURST")
-	jitter := fs.Duration("jitter", 0, "forgive arrivals up to this much early under the enforced rate", "SLUICE_MOCK_JITTER")
+	jitter := fs.Duration("jitter", mockvendor.DefaultJitter, "forgive arrivals up to this much early under the enforced rate (network jitter between gateway and vendor)", "SLUICE_MOCK_JITTER")
 	records := fs.Int("max-records", mockvendor.DefaultMaxRecords, "per-request records kept for /stats windows (24 bytes each)", "SLUICE_MOCK_MAX_RECORDS")
 	if code, ok := fs.parse(args); !ok {
 		return code
@@ -141,104 +139,4 @@ func describeMockVendor(o mockvendor.Options) string {
 		fmt.Fprintf(&b, ", enforcing C=%d R=%d/%v B=%d jitter %v", l.Concurrency, l.Rate, l.Period, l.Burst, l.Jitter)
 	}
 	return b.String()
-}
-
-// toolFlagSet is a flag.FlagSet whose flags may mirror environment
-// variables (a flag given on the command line wins), with a usage that
-// lists them and one-line errors (exit 2).
-type toolFlagSet struct {
-	*flag.FlagSet
-	cmd, about string
-	env        map[string]string // flag name -> variable
-}
-
-func newToolFlagSet(cmd, about string) *toolFlagSet {
-	fs := flag.NewFlagSet("sluice "+cmd, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	return &toolFlagSet{FlagSet: fs, cmd: cmd, about: about, env: map[string]string{}}
-}
-
-// String, Int, Float64 and Duration define a flag and, when env is not
-// empty, the variable it mirrors.
-func (f *toolFlagSet) String(name, def, usage, env string) *string {
-	p := f.FlagSet.String(name, def, usage)
-	f.env[name] = env
-	return p
-}
-
-func (f *toolFlagSet) Int(name string, def int, usage, env string) *int {
-	p := f.FlagSet.Int(name, def, usage)
-	f.env[name] = env
-	return p
-}
-
-func (f *toolFlagSet) Float64(name string, def float64, usage, env string) *float64 {
-	p := f.FlagSet.Float64(name, def, usage)
-	f.env[name] = env
-	return p
-}
-
-func (f *toolFlagSet) Duration(name string, def time.Duration, usage, env string) *time.Duration {
-	p := f.FlagSet.Duration(name, def, usage)
-	f.env[name] = env
-	return p
-}
-
-func (f *toolFlagSet) Bool(name string, def bool, usage, env string) *bool {
-	p := f.FlagSet.Bool(name, def, usage)
-	f.env[name] = env
-	return p
-}
-
-// parse applies the environment, then args; ok is false when the command
-// should exit with code (0 after --help, 2 after an error).
-func (f *toolFlagSet) parse(args []string) (code int, ok bool) {
-	var envErr error
-	f.VisitAll(func(fl *flag.Flag) {
-		name := f.env[fl.Name]
-		if val, set := os.LookupEnv(name); name != "" && set && envErr == nil {
-			if err := f.Set(fl.Name, val); err != nil {
-				envErr = fmt.Errorf("%s=%q: %v", name, val, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return f.fail("%v", envErr), false
-	}
-	err := f.Parse(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		f.usage(os.Stdout)
-		return 0, false
-	case err != nil:
-		return f.fail("%v (see --help)", err), false
-	case f.NArg() > 0:
-		return f.fail("unexpected argument %q (see --help)", f.Arg(0)), false
-	}
-	return 0, true
-}
-
-// fail prints one error line and returns exit code 2.
-func (f *toolFlagSet) fail(format string, args ...any) int {
-	fmt.Fprintf(os.Stderr, "sluice %s: %s\n", f.cmd, fmt.Sprintf(format, args...))
-	return 2
-}
-
-func (f *toolFlagSet) usage(w io.Writer) {
-	fmt.Fprintf(w, "usage: sluice %s [flags]\n\n%s\n\nflags:\n", f.cmd, f.about)
-	f.VisitAll(func(fl *flag.Flag) {
-		arg, usage := flag.UnquoteUsage(fl)
-		fmt.Fprintf(w, "  --%s\n    \t%s", strings.TrimSpace(fl.Name+" "+arg), usage)
-		if fl.DefValue != "" && fl.DefValue != "0" && fl.DefValue != "0s" && fl.DefValue != "false" {
-			fmt.Fprintf(w, " (default %s)", fl.DefValue)
-		}
-		if env := f.env[fl.Name]; env != "" {
-			fmt.Fprintf(w, " [$%s]", env)
-		}
-		fmt.Fprintln(w)
-	})
-	if len(f.env) > 0 {
-		fmt.Fprintln(w, "\nA flag given on the command line wins over its [$VARIABLE].")
-	}
 }

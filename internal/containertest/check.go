@@ -2,13 +2,10 @@ package containertest
 
 import (
 	"context"
-	"fmt"
-	"maps"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/load"
 	"github.com/sluicehq/sluice/internal/mockvendor"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
@@ -23,7 +20,7 @@ func (s *Stack) CheckBudget(t testing.TB) *mockvendor.Report {
 	t.Helper()
 	var one *mockvendor.Report
 	for _, w := range Windows {
-		rep, err := s.VendorStats(t.Context(), w)
+		rep, err := s.VendorStats.StatsWindow(t.Context(), w)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -50,7 +47,7 @@ func (s *Stack) CheckBudget(t testing.TB) *mockvendor.Report {
 // Throughput measures the vendor's arrivals per second over the next d,
 // without resetting its statistics (load keeps running).
 func (s *Stack) Throughput(ctx context.Context, d time.Duration) (float64, error) {
-	a, err := s.VendorStats(ctx, time.Second)
+	a, err := s.VendorStats.StatsWindow(ctx, time.Second)
 	if err != nil {
 		return 0, err
 	}
@@ -59,7 +56,7 @@ func (s *Stack) Throughput(ctx context.Context, d time.Duration) (float64, error
 		return 0, ctx.Err()
 	case <-time.After(d):
 	}
-	b, err := s.VendorStats(ctx, time.Second)
+	b, err := s.VendorStats.StatsWindow(ctx, time.Second)
 	if err != nil {
 		return 0, err
 	}
@@ -85,37 +82,20 @@ func (s *Stack) CheckUtilisation(t testing.TB, d time.Duration) {
 }
 
 // Verdict judges one record: "" if its answer is acceptable, else why not.
-type Verdict func(Record) string
+type Verdict func(load.Record) string
 
-// Normal accepts what a client of a loaded, healthy system may get: a 200,
-// or a 503 queue_timeout with Retry-After.
-func Normal(r Record) string {
-	switch {
-	case r.Err != "":
-		return r.Err
-	case r.Status == 200:
-		return ""
-	case r.Status == 503 && r.Code == "queue_timeout":
-		if r.RetryAfter == "" {
-			return "503 queue_timeout without Retry-After"
-		}
-		return ""
-	}
-	return "unexpected answer"
-}
-
-// StoreDown accepts, besides Normal answers, the 503 backend_unavailable
+// StoreDown accepts, besides load.Normal answers, the 503 backend_unavailable
 // of a gateway that cannot reach Redis.
-func StoreDown(r Record) string {
+func StoreDown(r load.Record) string {
 	if r.Err == "" && r.Status == 503 && r.Code == "backend_unavailable" {
 		return ""
 	}
-	return Normal(r)
+	return load.Normal(r)
 }
 
 // CheckAnswers checks I4 on recs: each got one answer that judge accepts.
 // It reports up to ten offenders and returns how many there were.
-func CheckAnswers(t testing.TB, recs []Record, judge Verdict) int {
+func CheckAnswers(t testing.TB, recs []load.Record, judge Verdict) int {
 	t.Helper()
 	bad := 0
 	for _, r := range recs {
@@ -132,57 +112,15 @@ func CheckAnswers(t testing.TB, recs []Record, judge Verdict) int {
 	return bad
 }
 
-// Count returns how many records match.
-func Count(recs []Record, match func(Record) bool) int {
-	n := 0
-	for _, r := range recs {
-		if match(r) {
-			n++
-		}
-	}
-	return n
-}
-
-// Summary counts the records by gateway and outcome, for logs.
-func Summary(recs []Record) string {
-	by := map[string]map[string]int{}
-	for _, r := range recs {
-		if by[r.Target] == nil {
-			by[r.Target] = map[string]int{}
-		}
-		k := fmt.Sprint(r.Status)
-		switch {
-		case r.Status == 0:
-			k = "no answer"
-		case r.Code != "":
-			k += " " + r.Code
-		}
-		by[r.Target][k]++
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d requests:", len(recs))
-	for _, target := range slices.Sorted(maps.Keys(by)) {
-		fmt.Fprintf(&b, " %s{", target)
-		for i, k := range slices.Sorted(maps.Keys(by[target])) {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "%s: %d", k, by[target][k])
-		}
-		b.WriteString("}")
-	}
-	return b.String()
-}
-
 // CheckExactlyOnce checks, on an error-free vendor whose statistics were
 // reset before the load and read after it, that each 200 the clients got
 // came from a vendor call. Strict (no fault that can cost an attempt):
 // vendor calls == answers 200, so no request was retried or duplicated.
 // Otherwise (I6): no more calls than the retry policy allows, MaxAttempts
 // per request.
-func (s *Stack) CheckExactlyOnce(t testing.TB, recs []Record, v *mockvendor.Report, strict bool) {
+func (s *Stack) CheckExactlyOnce(t testing.TB, recs []load.Record, v *mockvendor.Report, strict bool) {
 	t.Helper()
-	ok := Count(recs, func(r Record) bool { return r.Status == 200 && r.Err == "" })
+	ok := load.Count(recs, func(r load.Record) bool { return r.Status == 200 && r.Err == "" })
 	if v.InFlight != 0 {
 		t.Errorf("vendor still has %d calls in flight after the load", v.InFlight)
 	}

@@ -29,7 +29,7 @@ func urls(s *containertest.Stack) []string {
 func waitArrivals(t *testing.T, s *containertest.Stack, n int64, within time.Duration) {
 	t.Helper()
 	if _, err := containertest.Within(t.Context(), within, func() bool {
-		rep, err := s.VendorStats(t.Context(), time.Second)
+		rep, err := s.VendorStats.StatsWindow(t.Context(), time.Second)
 		return err == nil && rep.Arrivals >= n
 	}); err != nil {
 		t.Fatalf("the vendor did not receive %d calls: %v", n, err)
@@ -96,7 +96,7 @@ func TestSteadyLoadAboveBudget(t *testing.T) {
 // arrivals returns how many calls the vendor received since its last reset.
 func arrivals(t *testing.T, s *containertest.Stack) int64 {
 	t.Helper()
-	rep, err := s.VendorStats(t.Context(), time.Second)
+	rep, err := s.VendorStats.StatsWindow(t.Context(), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,8 +112,8 @@ func serve(t *testing.T, s *containertest.Stack, n int64, within time.Duration) 
 
 // pinned is a set of slow requests holding slots of one gateway.
 type pinned struct {
-	ids  []string                  // their lease ids
-	done chan containertest.Record // their records, as they end
+	ids  []string         // their lease ids
+	done chan load.Record // their records, as they end
 }
 
 // pin sends k requests to n that the vendor answers after latency, on an
@@ -125,7 +125,7 @@ func pin(t *testing.T, s *containertest.Stack, n *containertest.Node, k int, lat
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &pinned{done: make(chan containertest.Record, k)}
+	p := &pinned{done: make(chan load.Record, k)}
 	h := http.Header{"X-Mock-Latency": {latency.String()}}
 	for range k {
 		go func() {
@@ -145,9 +145,9 @@ func pin(t *testing.T, s *containertest.Stack, n *containertest.Node, k int, lat
 }
 
 // records waits for the k records of p.
-func (p *pinned) records(t *testing.T, k int) []containertest.Record {
+func (p *pinned) records(t *testing.T, k int) []load.Record {
 	t.Helper()
-	var recs []containertest.Record
+	var recs []load.Record
 	for range k {
 		select {
 		case r := <-p.done:
@@ -174,18 +174,18 @@ func TestReplicaKilled(t *testing.T) {
 	s := containertest.Start(t, containertest.Options{LeaseTTL: 2 * time.Second, CallTimeout: 10 * time.Second})
 	ctx := t.Context()
 	gw3 := s.Gateways[2]
-	if err := s.ResetVendor(ctx); err != nil {
+	if err := s.VendorStats.Reset(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// Two of the three slots held by gw3 for far longer than the TTL: the
 	// replica surely dies holding them.
 	p := pin(t, s, gw3, 2, 8*time.Second)
-	l := s.StartLoad(12, nil)
+	l := s.StartLoad(12)
 	serve(t, s, 10, 5*time.Second)
 
 	// As a load balancer would, stop sending to gw3, then kill it with
 	// the requests it has.
-	l.Disable(gw3)
+	l.Disable(gw3.Name)
 	killAt := time.Now()
 	if err := s.Signal(ctx, gw3, "SIGKILL"); err != nil {
 		t.Fatal(err)
@@ -202,7 +202,7 @@ func TestReplicaKilled(t *testing.T) {
 	// line until their own TTL passes (the semaphore's WaiterTTL, 2s by
 	// default, which sluice serve keeps).
 	serve(t, s, int64(s.Rate), 5*time.Second) // a second of service on every slot
-	others200 := func(r containertest.Record) bool { return r.Target != gw3.Name && r.Status == 200 }
+	others200 := func(r load.Record) bool { return r.Target != gw3.Name && r.Status == 200 }
 	gap := longestGap(l.Records(), killAt, time.Now(), others200)
 	bound := max(s.LeaseTTL, waiterTTL) + s.Latency() + 500*time.Millisecond
 	t.Logf("the other replicas' longest pause between answers 200 after the kill: %s (bound %s)", gap.Round(time.Millisecond), bound)
@@ -212,7 +212,7 @@ func TestReplicaKilled(t *testing.T) {
 	s.CheckUtilisation(t, 3*time.Second)
 	recs := l.Stop()
 	pins := p.records(t, 2)
-	t.Log(containertest.Summary(append(recs, pins...)))
+	t.Log(load.Summary(append(recs, pins...)))
 	if t.Failed() {
 		t.Logf("answers 200 of gw1 and gw2 after the kill, at: %v", timeline(recs, killAt, others200))
 	}
@@ -223,7 +223,7 @@ func TestReplicaKilled(t *testing.T) {
 	}
 	// The killed replica's clients lose their requests; the others' get
 	// well-formed answers.
-	var others []containertest.Record
+	var others []load.Record
 	for _, r := range recs {
 		if r.Target != gw3.Name {
 			others = append(others, r)
@@ -231,7 +231,7 @@ func TestReplicaKilled(t *testing.T) {
 			t.Errorf("a request was sent to gw3 after it was disabled: %s", r)
 		}
 	}
-	containertest.CheckAnswers(t, others, containertest.Normal)
+	containertest.CheckAnswers(t, others, load.Normal)
 	v := s.CheckBudget(t)
 	s.CheckExactlyOnce(t, append(recs, pins...), v, false)
 	s.CheckDrained(t, time.Second)
@@ -239,7 +239,7 @@ func TestReplicaKilled(t *testing.T) {
 
 // timeline lists, as offsets from t0, the ends of the records that match
 // and end within 3s of t0.
-func timeline(recs []containertest.Record, t0 time.Time, match func(containertest.Record) bool) []string {
+func timeline(recs []load.Record, t0 time.Time, match func(load.Record) bool) []string {
 	var out []string
 	for _, end := range ends(recs, t0, t0.Add(3*time.Second), match) {
 		out = append(out, end.Sub(t0).Round(10*time.Millisecond).String())
@@ -249,7 +249,7 @@ func timeline(recs []containertest.Record, t0 time.Time, match func(containertes
 
 // longestGap returns the longest time within [t0, t1] without the end of a
 // record that matches.
-func longestGap(recs []containertest.Record, t0, t1 time.Time, match func(containertest.Record) bool) time.Duration {
+func longestGap(recs []load.Record, t0, t1 time.Time, match func(load.Record) bool) time.Duration {
 	gap, last := time.Duration(0), t0
 	for _, end := range append(ends(recs, t0, t1, match), t1) {
 		gap = max(gap, end.Sub(last))
@@ -259,7 +259,7 @@ func longestGap(recs []containertest.Record, t0, t1 time.Time, match func(contai
 }
 
 // ends returns the sorted ends within [t0, t1] of the records that match.
-func ends(recs []containertest.Record, t0, t1 time.Time, match func(containertest.Record) bool) []time.Time {
+func ends(recs []load.Record, t0, t1 time.Time, match func(load.Record) bool) []time.Time {
 	var ends []time.Time
 	for _, r := range recs {
 		if match(r) && !r.End.Before(t0) && !r.End.After(t1) {
@@ -291,11 +291,11 @@ func TestRedisPaused(t *testing.T) {
 	s := containertest.Start(t, containertest.Options{QueueTimeout: time.Second, LeaseTTL: 2 * time.Second})
 	ctx := t.Context()
 	const pause = 3 * time.Second
-	if err := s.ResetVendor(ctx); err != nil {
+	if err := s.VendorStats.Reset(ctx); err != nil {
 		t.Fatal(err)
 	}
 	const clients = 12
-	l := s.StartLoad(clients, nil)
+	l := s.StartLoad(clients)
 	serve(t, s, int64(s.Burst+s.Rate), 5*time.Second)
 	base := goroutines(t, s)
 	if err := s.Pause(ctx, s.Redis); err != nil {
@@ -322,7 +322,7 @@ func TestRedisPaused(t *testing.T) {
 	s.CheckUtilisation(t, 3*time.Second)
 	recs := l.Stop()
 	after := goroutines(t, s)
-	t.Log(containertest.Summary(recs))
+	t.Log(load.Summary(recs))
 	t.Logf("goroutines per replica: before %v, end of the pause %v, after %v", base, during, after)
 	for i := range base {
 		if during[i] > base[i]+4*clients || after[i] > base[i]+10 {
@@ -384,10 +384,10 @@ func TestRedisRestartAndScriptFlush(t *testing.T) {
 		}
 		started[g.Name] = st
 	}
-	if err := s.ResetVendor(ctx); err != nil {
+	if err := s.VendorStats.Reset(ctx); err != nil {
 		t.Fatal(err)
 	}
-	l := s.StartLoad(14, nil)
+	l := s.StartLoad(14)
 	serve(t, s, int64(s.Burst+s.Rate), 5*time.Second)
 
 	// SCRIPT FLUSH: the next EVALSHA gets NOSCRIPT and the scripts are
@@ -416,20 +416,20 @@ func TestRedisRestartAndScriptFlush(t *testing.T) {
 	}
 	s.CheckUtilisation(t, 3*time.Second)
 	recs := l.Stop()
-	t.Log(containertest.Summary(recs))
+	t.Log(load.Summary(recs))
 
 	// Redis unreachable answers (503 backend_unavailable) only while it was
 	// down; around the flushes, only normal answers.
-	outage := func(r containertest.Record) bool {
+	outage := func(r load.Record) bool {
 		return r.End.After(restartAt) && r.Start.Before(readyAt.Add(s.QueueTimeout))
 	}
-	containertest.CheckAnswers(t, recs, func(r containertest.Record) string {
+	containertest.CheckAnswers(t, recs, func(r load.Record) string {
 		if outage(r) {
 			return containertest.StoreDown(r)
 		}
-		return containertest.Normal(r)
+		return load.Normal(r)
 	})
-	flushErrs := containertest.Count(recs, func(r containertest.Record) bool {
+	flushErrs := load.Count(recs, func(r load.Record) bool {
 		return r.Start.After(flushAt) && r.Start.Before(flushedUntil) && r.Status != 200 && r.Code != "queue_timeout"
 	})
 	if flushErrs > 0 {
@@ -460,7 +460,7 @@ func TestReplicaFrozen(t *testing.T) {
 	s := containertest.Start(t, containertest.Options{Rate: 100, Burst: 4, Concurrency: 3, VendorLatency: "200ms", LeaseTTL: 2 * time.Second})
 	ctx := t.Context()
 	gw3 := s.Gateways[2]
-	if err := s.ResetVendor(ctx); err != nil {
+	if err := s.VendorStats.Reset(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// gw3 holds two slots when it freezes. Their calls (1s) end at the
@@ -469,7 +469,7 @@ func TestReplicaFrozen(t *testing.T) {
 	// already sent, and no lease can make the vendor forget it, so a call
 	// longer than the TTL would break I1 whatever the gateway did.
 	p := pin(t, s, gw3, 2, time.Second)
-	l := s.StartLoad(15, nil)
+	l := s.StartLoad(15)
 	// Let the clients queue, gw3's among them (a third of them).
 	if _, err := containertest.Within(ctx, 5*time.Second, func() bool {
 		n, err := s.RedisClient().ZCard(ctx, containertest.Key("queue")).Result()
@@ -492,7 +492,7 @@ func TestReplicaFrozen(t *testing.T) {
 	if err := s.Unpause(ctx, s.Redis); err != nil {
 		t.Fatal(err)
 	}
-	l.Disable(gw3)
+	l.Disable(gw3.Name)
 	// gw3's leases expire within the TTL; the others take the slots.
 	back, err := containertest.Within(ctx, s.LeaseTTL+time.Second, func() bool { return len(held(t, s, p.ids)) == 0 })
 	if err != nil {
@@ -505,11 +505,11 @@ func TestReplicaFrozen(t *testing.T) {
 		t.Fatal(err)
 	}
 	thawAt := time.Now()
-	l.Enable(gw3)
+	l.Enable(gw3.Name)
 	t.Logf("gw3 frozen for %s", thawAt.Sub(frozenAt).Round(time.Millisecond))
 	// It serves again by itself.
 	if _, err := containertest.Within(ctx, 5*time.Second, func() bool {
-		return containertest.Count(l.Records(), func(r containertest.Record) bool {
+		return load.Count(l.Records(), func(r load.Record) bool {
 			return r.Target == gw3.Name && r.Status == 200 && r.Start.After(thawAt)
 		}) > 0
 	}); err != nil {
@@ -518,13 +518,13 @@ func TestReplicaFrozen(t *testing.T) {
 	serve(t, s, 30, 5*time.Second)
 	recs := l.Stop()
 	pins := p.records(t, 2)
-	t.Log(containertest.Summary(append(recs, pins...)))
+	t.Log(load.Summary(append(recs, pins...)))
 	for _, r := range pins {
 		t.Logf("pinned request across the freeze: %s", r)
 	}
 	caught := 0
 	// Requests caught in the freeze may fail, but cleanly.
-	containertest.CheckAnswers(t, append(recs, pins...), func(r containertest.Record) string {
+	containertest.CheckAnswers(t, append(recs, pins...), func(r load.Record) string {
 		if r.Target == gw3.Name && r.Start.Before(thawAt) && r.End.After(frozenAt) {
 			caught++
 			if r.Err != "" || r.Status == 500 || r.Code == "internal_error" {
@@ -532,7 +532,7 @@ func TestReplicaFrozen(t *testing.T) {
 			}
 			return ""
 		}
-		return containertest.Normal(r)
+		return load.Normal(r)
 	})
 	t.Logf("%d requests to gw3 were caught in the freeze", caught)
 	v := s.CheckBudget(t) // I1 across the thaw is the point
@@ -557,14 +557,14 @@ func TestReplicaSIGTERM(t *testing.T) {
 			s := containertest.Start(t, containertest.Options{LeaseTTL: 10 * time.Second, ShutdownTimeout: tc.shutdown, CallTimeout: 10 * time.Second})
 			ctx := t.Context()
 			gw3 := s.Gateways[2]
-			if err := s.ResetVendor(ctx); err != nil {
+			if err := s.VendorStats.Reset(ctx); err != nil {
 				t.Fatal(err)
 			}
 			p := pin(t, s, gw3, 2, tc.pin)
-			l := s.StartLoad(12, nil)
+			l := s.StartLoad(12)
 			serve(t, s, 5, 5*time.Second)
 
-			l.Disable(gw3)
+			l.Disable(gw3.Name)
 			termAt := time.Now()
 			leases, err := s.LeaseIDs(ctx)
 			if err != nil {
@@ -605,7 +605,7 @@ func TestReplicaSIGTERM(t *testing.T) {
 			s.CheckUtilisation(t, 2*time.Second) // the others keep serving
 			recs := l.Stop()
 			pins := p.records(t, 2)
-			t.Log(containertest.Summary(append(recs, pins...)))
+			t.Log(load.Summary(append(recs, pins...)))
 			for _, r := range pins {
 				t.Logf("request in flight on gw3 at SIGTERM: %s", r)
 				if tc.pin < tc.shutdown && (r.Status != 200 || r.Err != "") {
@@ -619,11 +619,11 @@ func TestReplicaSIGTERM(t *testing.T) {
 			}
 			// Every request got a well-formed answer: gw3's in flight at
 			// SIGTERM too, even those the shutdown timeout cut.
-			containertest.CheckAnswers(t, append(recs, pins...), func(r containertest.Record) string {
+			containertest.CheckAnswers(t, append(recs, pins...), func(r load.Record) string {
 				if r.Target == gw3.Name && r.Err == "" && r.Status != 500 && r.Code != "internal_error" {
 					return "" // a clean error is fine for a replica going away
 				}
-				return containertest.Normal(r)
+				return load.Normal(r)
 			})
 			v := s.CheckBudget(t)
 			s.CheckExactlyOnce(t, append(recs, pins...), v, tc.pin < tc.shutdown)

@@ -1,13 +1,14 @@
 // Package containertest runs sluice as its users do, in containers, and
-// checks the invariants of DESIGN.md (I1-I6) where they count: at the
+// checks the invariants I1-I6 (listed in the README) where they count: at the
 // vendor.
 //
 // [Start] brings up, on a Docker network of its own: a Redis container
 // (alias "redis"), a mock vendor (`sluice mockvendor`, alias "vendor") and
 // several gateway replicas (`sluice serve`, aliases "gw1", "gw2", ...) all
-// sharing one budget. The test drives load from the host ([StartLoad], or
-// package load), disturbs the system (kill, SIGTERM, pause, restart Redis,
-// SCRIPT FLUSH) and then reads what the vendor saw (/stats) and what Redis
+// sharing one budget. The test drives load from the host (package load:
+// [Stack.StartLoad] and [Stack.Send] configure it for the stack), disturbs
+// the system (kill, SIGTERM, pause, restart Redis, SCRIPT FLUSH) and then
+// reads what the vendor saw ([Stack.VendorStats], its /stats) and what Redis
 // holds.
 //
 // # Images and environment
@@ -18,8 +19,8 @@
 //   - REDIS_IMAGE: the Redis image (default redis:7-alpine; offline
 //     sluice-redis:local).
 //   - TESTCONTAINERS_RYUK_DISABLED and TESTCONTAINERS_HOST_OVERRIDE are set to
-//     true and 127.0.0.1 when unset (see shared/DOCKER-HERE.md); every
-//     container and the network are removed in t.Cleanup.
+//     true and 127.0.0.1 when unset; every container and the network are
+//     removed in t.Cleanup.
 //
 // Without Docker or without the gateway image the tests are skipped, or
 // fail when SLUICE_REQUIRE_DOCKER is set (as in CI). They are skipped with

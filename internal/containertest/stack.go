@@ -3,13 +3,11 @@ package containertest
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,6 +23,7 @@ import (
 	"github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
 
+	"github.com/sluicehq/sluice/internal/load"
 	"github.com/sluicehq/sluice/internal/mockvendor"
 )
 
@@ -134,10 +133,13 @@ type Stack struct {
 	Redis    *Node
 	Vendor   *Node
 	Gateways []*Node
+	// VendorStats reads and resets the vendor's statistics.
+	VendorStats *mockvendor.Client
 
 	t      testing.TB
 	docker *testcontainers.DockerClient
 	http   *http.Client
+	client *load.Load // for Send
 
 	mu  sync.Mutex
 	rdb *redis.Client // the host's client of Redis; replaced on restart
@@ -201,6 +203,9 @@ func Start(t testing.TB, opt Options) *Stack {
 	if err := s.connectRedis(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if s.VendorStats, err = mockvendor.NewClient(s.Vendor.URL+"/stats", s.http, 0); err != nil {
+		t.Fatal(err)
+	}
 
 	s.Gateways = make([]*Node, opt.Replicas)
 	errs := make([]error, opt.Replicas)
@@ -214,6 +219,7 @@ func Start(t testing.TB, opt Options) *Stack {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
+	s.client = s.newLoad(t, 1, s.Gateways)
 	t.Logf("containertest: %s, %d x %s, vendor latency %s, R=%d/s B=%d C=%d lease TTL %s queue timeout %s (up in %s)",
 		redisImage, opt.Replicas, image, opt.VendorLatency, opt.Rate, opt.Burst, opt.Concurrency,
 		opt.LeaseTTL, opt.QueueTimeout, time.Since(began).Round(time.Millisecond))
@@ -443,41 +449,6 @@ type ContainerState struct {
 	ExitCode              int
 	StartedAt, FinishedAt string
 	RestartCount          int
-}
-
-// VendorStats reads the vendor's /stats with window w.
-func (s *Stack) VendorStats(ctx context.Context, w time.Duration) (*mockvendor.Report, error) {
-	resp, err := s.get(ctx, s.Vendor.URL+"/stats?window="+url.QueryEscape(w.String()))
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("containertest: vendor /stats: %s", resp.Status)
-	}
-	var rep mockvendor.Report
-	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
-		return nil, fmt.Errorf("containertest: vendor /stats: %w", err)
-	}
-	return &rep, nil
-}
-
-// ResetVendor starts a new statistics epoch at the vendor.
-func (s *Stack) ResetVendor(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.Vendor.URL+"/stats/reset", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := s.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("containertest: vendor reset: %w", err)
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("containertest: vendor reset: %s", resp.Status)
-	}
-	return nil
 }
 
 func (s *Stack) get(ctx context.Context, u string) (*http.Response, error) {

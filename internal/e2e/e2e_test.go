@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/internal/load"
 	"github.com/sluicehq/sluice/internal/mockvendor"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
@@ -60,37 +62,93 @@ const (
 // Windows are the window lengths W at which I2 is checked.
 var windows = []time.Duration{time.Second, 250 * time.Millisecond}
 
-// TestReplicasUnderLoadWithCancellationsAndSIGKILL is issue 3's end-to-end
-// test: three `sluice serve` processes sharing one budget in a real Redis in
-// front of `sluice mockvendor`, under load above the budget with 30% of the
-// requests cancelled by their clients at random moments, and one replica
-// SIGKILLed midway. I1-I6 of DESIGN.md are checked at the vendor, the
-// answers at the clients, and what is left in Redis afterwards.
+// TestReplicasUnderLoadWithCancellationsAndSIGKILL runs three `sluice
+// serve` processes sharing one budget in a real Redis in front of `sluice
+// mockvendor`, under load above the budget with 30% of the requests
+// cancelled by their clients at random moments, and one replica SIGKILLed
+// midway. The invariants I1-I6 are checked at the vendor, the answers at
+// the clients, and what is left in Redis afterwards. Each phase is a method
+// of run, in the order of the test.
 func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: skipped with -short")
 	}
+	r := startSystem(t)
+	r.startLoad()
+	r.killReplicaHoldingASlot()
+	r.finishLoad()
+	r.checkBudget()
+	r.checkAnswers()
+	r.checkUtilisation()
+	r.checkNoStall()
+	r.checkNoRetryStorm()
+	r.checkDrained()
+}
+
+// run is the system under test and what the test measured of it, phase
+// after phase.
+type run struct {
+	t      *testing.T
+	rdb    *redis.Client
+	budget string
+	vendor *proc
+	stats  *mockvendor.Client // the vendor's statistics
+	gws    []*proc
+
+	// Set by startLoad.
+	load    *load.Load
+	smp     *sampler
+	resetAt time.Time // the vendor's clock starts (at most) here
+
+	// Set by killReplicaHoldingASlot.
+	pinAt, killAt time.Time
+	pinned        string // the lease of gw3's slow request
+	pins          int    // how many times that request was sent
+	leasesAtKill  []string
+
+	// Set by finishLoad.
+	stopAt     time.Time
+	recs       []load.Record
+	samples    []sample
+	sampleErrs int
+	v          *mockvendor.Report // the vendor's report for W = 1s
+	reports    map[time.Duration]*mockvendor.Report
+}
+
+// key returns the Redis key of the budget's part ("leases", "queue",
+// "waiters"; "*" for a pattern of them all).
+func (r *run) key(part string) string { return "sluice:{" + r.budget + "}:" + part }
+
+// vendorTime converts a moment to the vendor's clock (since its reset).
+func (r *run) vendorTime(at time.Time) time.Duration { return at.Sub(r.resetAt) }
+
+// startSystem starts Redis, the vendor and the three gateways, and returns
+// once all are ready.
+func startSystem(t *testing.T) *run {
 	ctx := t.Context()
 	srv := redistest.New(t)
-	rdb, redisURL := srv.Client(t), srv.URL()
-	budget := redistest.Budget(t)
-	prefix := "sluice:{" + budget + "}:"
+	r := &run{t: t, rdb: srv.Client(t), budget: redistest.Budget(t)}
+	redisURL := srv.URL()
 
 	bin := buildSluice(t, t.TempDir())
-	vendor := startProc(t, bin, "vendor", map[string]string{
+	r.vendor = startProc(t, bin, "vendor", map[string]string{
 		"SLUICE_MOCK_LISTEN":  "127.0.0.1:0",
 		"SLUICE_MOCK_LATENCY": latMin.String() + "-" + latMax.String(),
 		"SLUICE_MOCK_KEY":     vendorKey, // the gateways must add the vendor key
 	}, "mockvendor")
-	if err := waitOK(ctx, vendor.URL+"/healthz", startTimeout); err != nil {
+	if err := waitOK(ctx, r.vendor.URL+"/healthz", startTimeout); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if r.stats, err = mockvendor.NewClient(r.vendor.URL+"/stats", httpClient, 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	env := map[string]string{
 		"SLUICE_LISTEN":           "127.0.0.1:0",
 		"SLUICE_REDIS_URL":        redisURL,
-		"SLUICE_UPSTREAM_URL":     vendor.URL,
+		"SLUICE_UPSTREAM_URL":     r.vendor.URL,
 		"SLUICE_UPSTREAM_API_KEY": vendorKey,
-		"SLUICE_BUDGET":           budget,
+		"SLUICE_BUDGET":           r.budget,
 		"SLUICE_RATE":             fmt.Sprintf("%d/s", rateR),
 		"SLUICE_BURST":            strconv.Itoa(burstB),
 		"SLUICE_CONCURRENCY":      strconv.Itoa(concC),
@@ -112,11 +170,11 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 	} else {
 		t.Log("sluice serve has no SLUICE_CANCEL_GRACE: not set")
 	}
-	gws := make([]*proc, replicas)
-	for i := range gws {
-		gws[i] = startProc(t, bin, fmt.Sprintf("gw%d", i+1), env, "serve")
+	r.gws = make([]*proc, replicas)
+	for i := range r.gws {
+		r.gws[i] = startProc(t, bin, fmt.Sprintf("gw%d", i+1), env, "serve")
 	}
-	for _, gw := range gws {
+	for _, gw := range r.gws {
 		if err := waitOK(ctx, gw.URL+"/readyz", startTimeout); err != nil {
 			t.Fatalf("%s: %v", gw.name, err)
 		}
@@ -124,7 +182,7 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 	// Runs before the processes are killed (cleanups run last first).
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, p := range append([]*proc{vendor}, gws...) {
+			for _, p := range append([]*proc{r.vendor}, r.gws...) {
 				w := slices.DeleteFunc(p.grep(`"level":"WARN"`), func(l string) bool { return strings.Contains(l, `"outcome":"queue_timeout"`) })
 				if len(w) > 0 {
 					t.Logf("--- warnings of %s other than queue timeouts (%d, the last 20):\n%s", p.name, len(w), strings.Join(w[max(0, len(w)-20):], "\n"))
@@ -137,34 +195,35 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 		}
 	})
 	t.Logf("Redis %s, budget %s: R=%d/s B=%d C=%d, lease TTL %s, queue timeout %s; vendor latency %s-%s; %d clients, %.0f%% cancelled, for %s, SIGKILL of gw3 after +%s",
-		redisURL, budget, rateR, burstB, concC, leaseTTL, queueTimeout, latMin, latMax, clients, 100*cancelFraction, loadFor, pinAfter)
+		redisURL, r.budget, rateR, burstB, concC, leaseTTL, queueTimeout, latMin, latMax, clients, 100*cancelFraction, loadFor, pinAfter)
+	return r
+}
 
-	// The load, its vendor statistics from zero.
-	if err := resetVendor(ctx, vendor); err != nil {
-		t.Fatal(err)
+// startLoad starts the load, the vendor's statistics from zero, and the
+// sampling of its arrivals.
+func (r *run) startLoad() {
+	if err := r.stats.Reset(r.t.Context()); err != nil {
+		r.t.Fatal(err)
 	}
-	resetAt := time.Now() // the vendor's clock starts (at most) here
-	smp := startSampler(vendor, 25*time.Millisecond)
-	l := startLoad(loadOptions{
-		gateways: gws,
-		key:      clientKey,
-		clients:  clients,
-		cancel:   cancelFraction,
-		timeout:  30 * time.Second,
-		backoff:  100 * time.Millisecond,
-	})
-	t.Cleanup(l.stop) // on a failure before the end; a no-op after it
-	t.Cleanup(smp.stop)
+	r.resetAt = time.Now()
+	r.smp = startSampler(r.stats, 25*time.Millisecond)
+	r.t.Cleanup(r.smp.stop) // on a failure before the end
+	r.load = startLoad(r.t, r.gws, clientKey, clients, cancelFraction)
+}
 
-	// Midway, SIGKILL gw3 while it surely holds a slot: it gets a slow
-	// request, and is killed once that request's lease is in Redis. As a
-	// load balancer would, the clients stop sending to it.
-	victim := gws[2]
-	time.Sleep(time.Until(resetAt.Add(pinAfter))) // the schedule of the load, not a synchronisation
-	pinAt := time.Now()
-	pinned, pinDone, pins := pinSlot(t, l, 2, rdb, prefix+"leases")
-	l.disable(2)
-	killAt := time.Now() // before the signal: its clients may see their connections cut at once
+// killReplicaHoldingASlot SIGKILLs gw3, midway, while it surely holds a
+// slot: it gets a slow request, and is killed once that request's lease is
+// in Redis. As a load balancer would, the clients stop sending to it. I3:
+// the killed replica's slots come back within the lease TTL.
+func (r *run) killReplicaHoldingASlot() {
+	t, ctx := r.t, r.t.Context()
+	victim := r.gws[2]
+	time.Sleep(time.Until(r.resetAt.Add(pinAfter))) // the schedule of the load, not a synchronisation
+	r.pinAt = time.Now()
+	pinned, pinDone, pins := pinSlot(t, r.load, victim.name, r.rdb, r.key("leases"))
+	r.pinned, r.pins = pinned, pins
+	r.load.Disable(victim.name)
+	r.killAt = time.Now() // before the signal: its clients may see their connections cut at once
 	if err := victim.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -176,99 +235,112 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 	if !victim.killedBySIGKILL() {
 		t.Errorf("gw3 ended otherwise than by SIGKILL: %v", victim.err)
 	}
-	leasesAtKill, err := rdb.ZRange(ctx, prefix+"leases", 0, -1).Result()
-	if err != nil {
+	var err error
+	if r.leasesAtKill, err = r.rdb.ZRange(ctx, r.key("leases"), 0, -1).Result(); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("SIGKILL gw3 at +%s, holding the lease %s of a slow request (sent at +%s, %d time(s)); leases in Redis then: %d",
-		killAt.Sub(resetAt).Round(time.Millisecond), pinned, pinAt.Sub(resetAt).Round(time.Millisecond), pins, len(leasesAtKill))
+		r.vendorTime(r.killAt).Round(time.Millisecond), pinned, r.vendorTime(r.pinAt).Round(time.Millisecond), pins, len(r.leasesAtKill))
 
-	// I3: the killed replica's slots come back within the lease TTL: its
-	// lease leaves Redis (and with it every lease of the kill's moment).
+	// I3: the killed replica's lease leaves Redis (and with it every lease
+	// of the kill's moment).
 	var left []string
 	pinnedBack := time.Duration(0)
 	for {
-		now, err := rdb.ZRange(ctx, prefix+"leases", 0, -1).Result()
+		now, err := r.rdb.ZRange(ctx, r.key("leases"), 0, -1).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if pinnedBack == 0 && !slices.Contains(now, pinned) {
-			pinnedBack = time.Since(killAt)
+			pinnedBack = time.Since(r.killAt)
 		}
-		left = slices.DeleteFunc(slices.Clone(leasesAtKill), func(id string) bool { return !slices.Contains(now, id) })
-		if len(left) == 0 || time.Since(killAt) > leaseTTL+2*slack {
+		left = slices.DeleteFunc(slices.Clone(r.leasesAtKill), func(id string) bool { return !slices.Contains(now, id) })
+		if len(left) == 0 || time.Since(r.killAt) > leaseTTL+2*slack {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	leasesBack := time.Since(killAt)
+	leasesBack := time.Since(r.killAt)
 	if len(left) > 0 || leasesBack > leaseTTL+slack {
 		t.Errorf("I3: leases of the SIGKILL moment still held %s after it: %q (lease TTL %s)", leasesBack.Round(time.Millisecond), left, leaseTTL)
 	}
+	t.Logf("I3: the killed replica's lease left Redis %s after the kill, all %d leases of that moment %s after it (lease TTL %s)",
+		pinnedBack.Round(time.Millisecond), len(r.leasesAtKill), leasesBack.Round(time.Millisecond), leaseTTL)
 	select {
-	case r := <-pinDone:
-		if r.status != 0 {
-			t.Errorf("the slow request to gw3 got an answer although gw3 was killed before the vendor answered: %s", r)
+	case rec := <-pinDone:
+		if rec.Status != 0 {
+			t.Errorf("the slow request to gw3 got an answer although gw3 was killed before the vendor answered: %s", rec)
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("the slow request to gw3 did not end within 5s of the kill")
 	}
+}
 
-	time.Sleep(time.Until(resetAt.Add(loadFor))) // the rest of the load
-	stopAt := time.Now()
-	recs := l.finish()
-	samples, sampleErrs := smp.finish()
-	reports := map[time.Duration]*mockvendor.Report{}
+// finishLoad lets the load run its course, stops it and reads what the
+// vendor saw.
+func (r *run) finishLoad() {
+	t, ctx := r.t, r.t.Context()
+	time.Sleep(time.Until(r.resetAt.Add(loadFor))) // the rest of the load
+	r.stopAt = time.Now()
+	r.recs = r.load.Stop()
+	r.samples, r.sampleErrs = r.smp.finish()
+	r.reports = map[time.Duration]*mockvendor.Report{}
+	var err error
 	for _, w := range windows {
-		if reports[w], err = vendorStats(ctx, vendor, w); err != nil {
+		if r.reports[w], err = r.stats.StatsWindow(ctx, w); err != nil {
 			t.Fatal(err)
 		}
 	}
-	v, err := vendorStats(ctx, vendor, time.Second)
-	if err != nil {
+	if r.v, err = r.stats.StatsWindow(ctx, time.Second); err != nil {
 		t.Fatal(err)
 	}
-	vendorTime := func(at time.Time) time.Duration { return at.Sub(resetAt) }
-	t.Logf("load: %s", summary(recs))
+	v := r.v
+	t.Logf("load: %s", load.Summary(r.recs))
 	t.Logf("vendor: %d arrivals in %.1fs, by status %v, mean 2xx latency %.0fms, max in flight %d, in flight now %d; %d samples of its arrivals (%d failed)",
-		v.Arrivals, v.ElapsedSeconds, v.ByStatus, v.MeanOKLatencyMS, v.MaxInFlight, v.InFlight, len(samples), sampleErrs)
+		v.Arrivals, v.ElapsedSeconds, v.ByStatus, v.MeanOKLatencyMS, v.MaxInFlight, v.InFlight, len(r.samples), r.sampleErrs)
+	t.Logf("vendor arrivals per 500ms from its reset: %v", perStep(r.samples, 500*time.Millisecond))
+}
 
-	t.Logf("vendor arrivals per 500ms from its reset: %v", perStep(samples, 500*time.Millisecond))
-
-	// I1: never more than C in flight at the vendor.
-	t.Logf("I1: max in flight at the vendor %d (C = %d)", v.MaxInFlight, concC)
-	if v.MaxInFlight > concC {
-		t.Errorf("I1: the vendor saw %d calls in flight, more than C = %d", v.MaxInFlight, concC)
+// checkBudget checks I1, never more than C in flight at the vendor, and
+// I2, never more than B + R*W arrivals in any window W.
+func (r *run) checkBudget() {
+	t := r.t
+	t.Logf("I1: max in flight at the vendor %d (C = %d)", r.v.MaxInFlight, concC)
+	if r.v.MaxInFlight > concC {
+		t.Errorf("I1: the vendor saw %d calls in flight, more than C = %d", r.v.MaxInFlight, concC)
 	}
-
-	// I2: never more than B + R*W arrivals in any window W.
 	for _, w := range windows {
 		bound := float64(burstB) + rateR*w.Seconds()
-		r := reports[w]
-		t.Logf("I2: max arrivals in any %s window %d (B + R*W = %g)", w, r.MaxInWindow, bound)
-		if float64(r.MaxInWindow) > bound {
+		rep := r.reports[w]
+		t.Logf("I2: max arrivals in any %s window %d (B + R*W = %g)", w, rep.MaxInWindow, bound)
+		if float64(rep.MaxInWindow) > bound {
 			t.Errorf("I2: the vendor saw %d arrivals within %s, more than B + R*W = %d + %d/s * %s = %g",
-				r.MaxInWindow, w, burstB, rateR, w, bound)
+				rep.MaxInWindow, w, burstB, rateR, w, bound)
 		}
-		if r.Dropped > 0 {
-			t.Errorf("I2: the vendor dropped %d records: not every window was checked", r.Dropped)
+		if rep.Dropped > 0 {
+			t.Errorf("I2: the vendor dropped %d records: not every window was checked", rep.Dropped)
 		}
 	}
+}
 
-	// I4: every request to a live replica got one well-formed answer: 200,
-	// or 503 queue_timeout with Retry-After. gw3's requests in flight at
-	// the kill are lost with it; those it answered before must be normal.
+// checkAnswers checks I4: every request to a live replica got one
+// well-formed answer, 200 or 503 queue_timeout with Retry-After. gw3's
+// requests in flight at the kill are lost with it; those it answered
+// before must be normal.
+func (r *run) checkAnswers() {
+	t := r.t
+	victim := r.gws[2].name
 	bad, lost, lostSent := 0, 0, 0
-	for _, r := range recs {
-		why := normal(r)
-		if r.gw == 2 {
+	for _, rec := range r.recs {
+		why := load.Normal(rec)
+		if rec.Target == victim {
 			switch {
-			case !r.start.Before(killAt):
+			case !rec.Start.Before(r.killAt):
 				lostSent++ // picked just before the disable, sent to a dead port
 				why = ""
-			case r.end.After(killAt):
+			case rec.End.After(r.killAt):
 				lost++
-				if r.status != 0 && why != "" {
+				if rec.Status != 0 && why != "" {
 					why = "an answer from the replica being killed, but not a normal one: " + why
 				} else {
 					why = ""
@@ -277,7 +349,7 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 		}
 		if why != "" {
 			if bad < 10 {
-				t.Errorf("I4: %s: %s", r, why)
+				t.Errorf("I4: %s: %s", rec, why)
 			}
 			bad++
 		}
@@ -286,19 +358,22 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 	if bad > 10 {
 		t.Errorf("I4: ... %d bad answers in all", bad)
 	}
-	if ok := count(recs, func(r record) bool { return r.status == http.StatusOK }); v.ByStatus[http.StatusOK] < int64(ok) {
-		t.Errorf("I4: the clients got %d answers 200, the vendor answered only %d", ok, v.ByStatus[http.StatusOK])
+	if ok := load.Count(r.recs, isOK); r.v.ByStatus[http.StatusOK] < int64(ok) {
+		t.Errorf("I4: the clients got %d answers 200, the vendor answered only %d", ok, r.v.ByStatus[http.StatusOK])
 	}
-	afterKill200 := count(recs, func(r record) bool { return r.gw != 2 && r.status == http.StatusOK && r.end.After(killAt) })
+	afterKill200 := load.Count(r.recs, func(rec load.Record) bool { return rec.Target != victim && isOK(rec) && rec.End.After(r.killAt) })
 	if afterKill200 == 0 {
 		t.Error("the surviving replicas answered no request 200 after the kill")
 	}
-	if n := count(recs, func(r record) bool { return r.cancelled }); n < len(recs)/5 {
-		t.Errorf("only %d of %d requests were cancelled by their client (want about %.0f%%)", n, len(recs), 100*cancelFraction)
+	if n := load.Count(r.recs, isCancelled); n < len(r.recs)/5 {
+		t.Errorf("only %d of %d requests were cancelled by their client (want about %.0f%%)", n, len(r.recs), 100*cancelFraction)
 	}
+}
 
-	// I5: over the steady parts (after the burst, away from the kill), the
-	// vendor receives at least 90% of min(R, C/latency).
+// checkUtilisation checks I5: over the steady parts (after the burst, away
+// from the kill), the vendor receives at least 90% of min(R, C/latency).
+func (r *run) checkUtilisation() {
+	t := r.t
 	meanLat := (latMin + latMax) / 2
 	budgetRate := min(float64(rateR), float64(concC)/meanLat.Seconds())
 	recovered := max(leaseTTL, waiterTTL) + slack
@@ -306,10 +381,10 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 		name     string
 		from, to time.Duration
 	}{
-		{"before the slow request and the kill", time.Second, vendorTime(pinAt)},
-		{"after the kill, once its slots were back", vendorTime(killAt) + recovered, vendorTime(stopAt)},
+		{"before the slow request and the kill", time.Second, r.vendorTime(r.pinAt)},
+		{"after the kill, once its slots were back", r.vendorTime(r.killAt) + recovered, r.vendorTime(r.stopAt)},
 	} {
-		got, over := rate(samples, seg.from, seg.to)
+		got, over := rate(r.samples, seg.from, seg.to)
 		t.Logf("I5: %s (+%s to +%s, %s sampled): %.1f calls/s at the vendor, %.0f%% of min(R, C/latency) = min(%d, %d/%s) = %.1f/s",
 			seg.name, seg.from.Round(time.Millisecond), seg.to.Round(time.Millisecond), over.Round(time.Millisecond),
 			got, 100*got/budgetRate, rateR, concC, meanLat, budgetRate)
@@ -320,24 +395,29 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 			t.Errorf("I5: %s: the vendor received %.1f calls/s, less than 90%% of the budget's %.1f/s", seg.name, got, budgetRate)
 		}
 	}
+}
 
-	// I3: the survivors keep being admitted: no pause in the arrivals at
-	// the vendor longer than the TTLs that keep the dead replica's slots
-	// (leases) and queue places (waiters), plus a vendor call, plus slack.
-	pause, pauseAt := longestPause(samples, 0, vendorTime(stopAt))
+// checkNoStall checks I3 for the survivors: they keep being admitted, no
+// pause in the arrivals at the vendor longer than the TTLs that keep the
+// dead replica's slots (leases) and queue places (waiters), plus a vendor
+// call, plus slack.
+func (r *run) checkNoStall() {
+	t := r.t
+	pause, pauseAt := longestPause(r.samples, 0, r.vendorTime(r.stopAt))
 	pauseBound := max(leaseTTL, waiterTTL) + latMax + slack
 	t.Logf("I3: longest pause between arrivals at the vendor %s (at most; from +%s; the kill at +%s; bound %s)",
-		pause.Round(time.Millisecond), pauseAt.Round(time.Millisecond), vendorTime(killAt).Round(time.Millisecond), pauseBound)
-	t.Logf("I3: the killed replica's lease left Redis %s after the kill, all %d leases of that moment %s after it (lease TTL %s)",
-		pinnedBack.Round(time.Millisecond), len(leasesAtKill), leasesBack.Round(time.Millisecond), leaseTTL)
+		pause.Round(time.Millisecond), pauseAt.Round(time.Millisecond), r.vendorTime(r.killAt).Round(time.Millisecond), pauseBound)
 	if pause > pauseBound {
 		t.Errorf("I3: no vendor call started for %s from +%s (bound max(lease TTL, waiter TTL) + latency + slack = %s)", pause.Round(time.Millisecond), pauseAt.Round(time.Millisecond), pauseBound)
 	}
+}
 
-	// I6: no retry storm. The vendor never fails here, so the policy
-	// allows no retry at all: at most one vendor call per request, and
-	// no retry counted by the survivors (gw3's counters died with it).
-	sent := len(recs) + pins
+// checkNoRetryStorm checks I6. The vendor never fails here, so the policy
+// allows no retry at all: at most one vendor call per request, and no
+// retry counted by the survivors (gw3's counters died with it).
+func (r *run) checkNoRetryStorm() {
+	t, v := r.t, r.v
+	sent := len(r.recs) + r.pins
 	t.Logf("I6: %d vendor arrivals for %d requests sent (policy bound %d x %d = %d)", v.Arrivals, sent, sent, maxAttempts, maxAttempts*sent)
 	if v.Arrivals > int64(maxAttempts*sent) {
 		t.Errorf("I6: the vendor received %d calls for %d requests: more than %d attempts each", v.Arrivals, sent, maxAttempts)
@@ -345,8 +425,8 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 	if v.Arrivals > int64(sent) {
 		t.Errorf("I6: the vendor, which never fails here, received %d calls for %d requests: some were retried or duplicated", v.Arrivals, sent)
 	}
-	for _, gw := range gws[:2] {
-		n, series, err := metricSum(ctx, gw, "sluice_retries_total")
+	for _, gw := range r.gws[:2] {
+		n, series, err := metricSum(t.Context(), gw, "sluice_retries_total")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -354,16 +434,21 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 			t.Errorf("I6: %s retried %g times against a vendor that never fails: %q", gw.name, n, series)
 		}
 	}
-	// I3 after the load: once the killed replica's TTL has passed (it has:
-	// the kill was long ago), Redis holds no lease, queued caller or
-	// waiter; and every key of the budget has a TTL.
-	time.Sleep(time.Until(killAt.Add(leaseTTL)))
+}
+
+// checkDrained checks I3 after the load: once the killed replica's TTL has
+// passed (it has: the kill was long ago), Redis holds no lease, queued
+// caller or waiter, the vendor no call; and every key of the budget has a
+// TTL.
+func (r *run) checkDrained() {
+	t, ctx := r.t, r.t.Context()
+	time.Sleep(time.Until(r.killAt.Add(leaseTTL)))
 	var held map[string]int64
 	drainedAt := time.Now()
 	for {
 		held = map[string]int64{}
 		for _, part := range []string{"leases", "queue", "waiters"} {
-			n, err := rdb.ZCard(ctx, prefix+part).Result()
+			n, err := r.rdb.ZCard(ctx, r.key(part)).Result()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -377,28 +462,28 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if len(held) > 0 {
-		members, _ := rdb.ZRangeWithScores(ctx, prefix+"leases", 0, -1).Result()
-		redisNow, _ := rdb.Time(ctx).Result()
+		members, _ := r.rdb.ZRangeWithScores(ctx, r.key("leases"), 0, -1).Result()
+		redisNow, _ := r.rdb.Time(ctx).Result()
 		t.Errorf("I3: after the load (and %s after the kill), Redis still holds %v (ZCARD); leases %v, Redis time %v",
-			time.Since(killAt).Round(time.Millisecond), held, members, redisNow.UnixMicro())
+			time.Since(r.killAt).Round(time.Millisecond), held, members, redisNow.UnixMicro())
 	} else {
 		t.Logf("I3: no lease, queued caller or waiter left %s after the load (%s after the kill)",
-			time.Since(stopAt).Round(time.Millisecond), time.Since(killAt).Round(time.Millisecond))
+			time.Since(r.stopAt).Round(time.Millisecond), time.Since(r.killAt).Round(time.Millisecond))
 	}
-	if v, err := vendorStats(ctx, vendor, time.Second); err != nil {
+	if v, err := r.stats.StatsWindow(ctx, time.Second); err != nil {
 		t.Fatal(err)
 	} else if v.InFlight != 0 {
 		t.Errorf("I3: the vendor still has %d calls in flight after the load", v.InFlight)
 	}
-	keys, err := rdb.Keys(ctx, prefix+"*").Result()
+	keys, err := r.rdb.Keys(ctx, r.key("*")).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	noTTL, err := redistest.KeysWithoutTTL(ctx, rdb, prefix+"*")
+	noTTL, err := redistest.KeysWithoutTTL(ctx, r.rdb, r.key("*"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("I3: %d keys under %s*, %d without a TTL: %q", len(keys), prefix, len(noTTL), keys)
+	t.Logf("I3: %d keys under %s, %d without a TTL: %q", len(keys), r.key("*"), len(noTTL), keys)
 	if len(noTTL) > 0 {
 		t.Errorf("I3: keys without a TTL: %q", noTTL)
 	}
@@ -409,14 +494,14 @@ func TestReplicasUnderLoadWithCancellationsAndSIGKILL(t *testing.T) {
 // surely in Redis, the lease's id, the channel of the request's record and
 // how many times it was sent. Its lease is the one seen in key for pinSeen:
 // no other call lasts that long.
-func pinSlot(t *testing.T, l *load, gw int, rdb *redis.Client, key string) (string, <-chan record, int) {
+func pinSlot(t *testing.T, l *load.Load, gw string, rdb *redis.Client, key string) (string, <-chan load.Record, int) {
 	t.Helper()
-	h := http.Header{"X-Mock-Latency": {pinLatency.String()}}
-	done := make(chan record, 1)
+	h := http.Header{mockvendor.HeaderLatency: {pinLatency.String()}}
+	done := make(chan load.Record, 1)
 	sent := 0
 	send := func() {
 		sent++
-		go func() { done <- l.send(gw, false, h) }()
+		go func() { done <- l.Send(context.Background(), gw, h) }()
 	}
 	send()
 	first := map[string]time.Time{}
@@ -424,11 +509,11 @@ func pinSlot(t *testing.T, l *load, gw int, rdb *redis.Client, key string) (stri
 	for time.Now().Before(deadline) {
 		select {
 		case r := <-done:
-			if r.status == http.StatusServiceUnavailable && r.code == "queue_timeout" {
+			if r.Status == http.StatusServiceUnavailable && r.Code == "queue_timeout" {
 				send()
 				continue
 			}
-			t.Fatalf("the slow request to gw%d ended before its lease was seen: %s", gw+1, r)
+			t.Fatalf("the slow request to %s ended before its lease was seen: %s", gw, r)
 		default:
 		}
 		ids, err := rdb.ZRange(t.Context(), key, 0, -1).Result()
@@ -446,50 +531,6 @@ func pinSlot(t *testing.T, l *load, gw int, rdb *redis.Client, key string) (stri
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("the slow request to gw%d held no slot within %s (sent %d times)", gw+1, 3*queueTimeout, sent)
+	t.Fatalf("the slow request to %s held no slot within %s (sent %d times)", gw, 3*queueTimeout, sent)
 	return "", nil, 0
-}
-
-// count returns how many records match.
-func count(recs []record, match func(record) bool) int {
-	n := 0
-	for _, r := range recs {
-		if match(r) {
-			n++
-		}
-	}
-	return n
-}
-
-// summary counts the records by gateway and outcome, for the log.
-func summary(recs []record) string {
-	by := map[int]map[string]int{}
-	for _, r := range recs {
-		if by[r.gw] == nil {
-			by[r.gw] = map[string]int{}
-		}
-		k := strconv.Itoa(r.status)
-		switch {
-		case r.cancelled:
-			k = "cancelled"
-		case r.status == 0:
-			k = "no answer"
-		case r.code != "":
-			k += " " + r.code
-		}
-		by[r.gw][k]++
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d requests, %d cancelled by their client:", len(recs), count(recs, func(r record) bool { return r.cancelled }))
-	for _, gw := range slices.Sorted(maps.Keys(by)) {
-		fmt.Fprintf(&b, " gw%d{", gw+1)
-		for i, k := range slices.Sorted(maps.Keys(by[gw])) {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "%s: %d", k, by[gw][k])
-		}
-		b.WriteString("}")
-	}
-	return b.String()
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,8 +18,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/sluicehq/sluice/internal/mockvendor"
 )
 
 // startTimeout bounds a child's start: until it listens, and until it is
@@ -260,40 +257,6 @@ func waitOK(ctx context.Context, u string, d time.Duration) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// vendorStats reads the vendor's /stats for window w.
-func vendorStats(ctx context.Context, vendor *proc, w time.Duration) (*mockvendor.Report, error) {
-	status, body, err := get(ctx, vendor.URL+"/stats?window="+url.QueryEscape(w.String()))
-	if err != nil {
-		return nil, fmt.Errorf("vendor /stats: %w", err)
-	}
-	if status != http.StatusOK {
-		return nil, fmt.Errorf("vendor /stats: %d %.200s", status, body)
-	}
-	var rep mockvendor.Report
-	if err := json.Unmarshal(body, &rep); err != nil {
-		return nil, fmt.Errorf("vendor /stats: %w", err)
-	}
-	return &rep, nil
-}
-
-// resetVendor starts a new statistics epoch at the vendor.
-func resetVendor(ctx context.Context, vendor *proc) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, vendor.URL+"/stats/reset", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("vendor reset: %w", err)
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("vendor reset: %s", resp.Status)
-	}
-	return nil
 }
 
 // metricSum returns the sum of every series of the metric name on a

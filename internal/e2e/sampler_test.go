@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/mockvendor"
 )
 
 // sample is the vendor's arrival count at a moment of its own clock.
@@ -28,7 +30,7 @@ func (s *sampler) stop() {
 	<-s.done
 }
 
-func startSampler(vendor *proc, interval time.Duration) *sampler {
+func startSampler(stats *mockvendor.Client, interval time.Duration) *sampler {
 	ctx, stop := context.WithCancel(context.Background())
 	s := &sampler{cancel: stop, done: make(chan struct{})}
 	go func() {
@@ -37,7 +39,7 @@ func startSampler(vendor *proc, interval time.Duration) *sampler {
 		defer tick.Stop()
 		for {
 			// window=0: the cheapest maximum for the vendor to compute.
-			rep, err := vendorStats(ctx, vendor, 0)
+			rep, err := stats.StatsWindow(ctx, 0)
 			s.mu.Lock()
 			if err == nil {
 				s.samples = append(s.samples, sample{

@@ -1,5 +1,6 @@
 // Package invariant holds the measurements that the tests, the mock vendor
-// and the load tool use to check sluice's invariants (shared/DESIGN.md).
+// and the load tool use to check sluice's invariants (I1-I6, listed in the
+// README).
 package invariant
 
 import (

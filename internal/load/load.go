@@ -8,11 +8,14 @@
 // Config.Timeout). Each request is a small chat completion; a fraction
 // Config.Cancel of them is cancelled by the client at a random moment
 // before completion. Only the given URLs are contacted: no proxy from the
-// environment, no redirects followed.
+// environment, no redirects followed. Every request leaves a Record; the
+// Report summarises them, and Plot draws them with the vendor's view.
+//
+// Tests that steer the load as it runs (take a gateway out of rotation, send
+// one request of their own) use New, Start and Stop instead of Run.
 package load
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -23,11 +26,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/mockvendor"
 )
 
 // HeaderQueueWait is the response header in which a gateway may report how
@@ -51,6 +56,9 @@ const initialEstimate = 10 * time.Millisecond
 type Config struct {
 	// URLs are the gateways' base URLs; /v1/chat/completions is appended.
 	URLs []string
+	// Names name the URLs in records and logs, one per URL. Empty: the
+	// URLs themselves.
+	Names []string
 	// Clients is the number of concurrent clients. Zero: DefaultClients.
 	Clients int
 	// Duration stops starting requests after this long. Zero:
@@ -77,6 +85,10 @@ type Config struct {
 	ProgressInterval time.Duration
 	// Live rewrites a single progress line, for a terminal.
 	Live bool
+	// Backoff is a client's pause after an answer other than 200, or none,
+	// as polite clients make (a queue timeout must not become a busy
+	// loop). Zero: none.
+	Backoff time.Duration
 	// Vendor, when set, resets the vendor's statistics before the run and
 	// checks the invariants against them after it.
 	Vendor *VendorCheck
@@ -92,14 +104,17 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	if len(c.Names) > 0 && len(c.Names) != len(c.URLs) {
+		return fmt.Errorf("load: %d names for %d URLs", len(c.Names), len(c.URLs))
+	}
 	if c.Vendor != nil {
 		if _, err := baseURL(c.Vendor.StatsURL); err != nil {
 			return err
 		}
 	}
 	switch {
-	case c.Clients < 0, c.Requests < 0, c.Duration < 0, c.Timeout < 0, c.ProgressInterval < 0:
-		return errors.New("load: negative Clients, Requests, Duration, Timeout or ProgressInterval")
+	case c.Clients < 0, c.Requests < 0, c.Duration < 0, c.Timeout < 0, c.ProgressInterval < 0, c.Backoff < 0:
+		return errors.New("load: negative Clients, Requests, Duration, Timeout, ProgressInterval or Backoff")
 	case !(c.Cancel >= 0 && c.Cancel <= 1):
 		return fmt.Errorf("load: Cancel %v is not a fraction in [0,1]", c.Cancel)
 	}
@@ -125,6 +140,9 @@ func (c Config) withDefaults() (Config, error) {
 		urls[i], _ = baseURL(s)
 	}
 	c.URLs = urls
+	if len(c.Names) == 0 {
+		c.Names = urls
+	}
 	if c.Clients == 0 {
 		c.Clients = DefaultClients
 	}
@@ -149,6 +167,88 @@ func (c Config) withDefaults() (Config, error) {
 // requests, those in flight are abandoned and counted as aborted, and the
 // report is marked Interrupted (vendor checks are still made).
 func Run(ctx context.Context, cfg Config) (*Report, error) {
+	l, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	cfg = l.cfg
+	var vendor *mockvendor.Client
+	if cfg.Vendor != nil {
+		if vendor, err = mockvendor.NewClient(cfg.Vendor.StatsURL, l.client, 10*time.Second); err != nil {
+			return nil, fmt.Errorf("load: %w", err)
+		}
+		if err := vendor.Reset(ctx); err != nil {
+			return nil, fmt.Errorf("load: %w", err)
+		}
+	}
+
+	start := time.Now()
+	l.Start(ctx)
+	progressDone := make(chan struct{})
+	stopProgress := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		l.progress(start, stopProgress)
+	}()
+	var timeUp <-chan time.Time
+	if cfg.Duration > 0 {
+		timer := time.NewTimer(cfg.Duration)
+		defer timer.Stop()
+		timeUp = timer.C
+	}
+	select {
+	case <-timeUp:
+	case <-l.Done():
+	case <-ctx.Done():
+	}
+	recs := l.Stop()
+	elapsed := time.Since(start)
+	close(stopProgress)
+	<-progressDone
+
+	rep := newReport(recs)
+	rep.URLs, rep.Clients, rep.Stream = cfg.URLs, cfg.Clients, cfg.Stream
+	rep.Elapsed = elapsed
+	rep.Interrupted = ctx.Err() != nil
+	if cfg.Vendor != nil {
+		// The run's own ctx may be cancelled; the checks still deserve an
+		// answer, bounded by their own deadline.
+		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := cfg.Vendor.check(vctx, vendor, rep); err != nil {
+			return rep, fmt.Errorf("load: %w", err)
+		}
+	}
+	return rep, nil
+}
+
+// Load is a set of clients, each sending one request at a time to the
+// targets in turn (skipping disabled ones, as a load balancer would), from
+// Start until Stop, Config.Requests or Config.Duration. It is safe for
+// concurrent use.
+type Load struct {
+	cfg    Config
+	client *http.Client
+	body   []byte
+
+	off      []atomic.Bool // per target: out of rotation
+	next     atomic.Uint64
+	started  atomic.Int64 // requests started, when counted
+	inFlight atomic.Int64
+
+	startOnce sync.Once
+	stop      context.CancelFunc // stops starting requests
+	wg        sync.WaitGroup
+	done      chan struct{} // closed once every client has returned
+
+	mu   sync.Mutex
+	recs []Record
+	est  time.Duration // moving average of completion times
+}
+
+// New returns a Load for cfg, not started. Close it when done.
+func New(cfg Config) (*Load, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -163,295 +263,224 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		ExpectContinueTimeout: time.Second,
 		ForceAttemptHTTP2:     true,
 	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{
-		Transport:     tr,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	if cfg.Vendor != nil {
-		if err := cfg.Vendor.reset(ctx, client); err != nil {
-			return nil, err
-		}
-	}
-
 	body, _ := json.Marshal(map[string]any{
 		"model":      cfg.Model,
 		"messages":   []map[string]string{{"role": "user", "content": "Say hello in five words."}},
 		"max_tokens": 16,
 		"stream":     cfg.Stream,
 	})
-	r := &runner{cfg: cfg, client: client, body: body, t: newTally()}
-	start := time.Now()
-	startCtx, stopStarting := context.WithCancel(ctx)
-	defer stopStarting()
-	if cfg.Duration > 0 {
-		startCtx, stopStarting = context.WithTimeout(ctx, cfg.Duration)
-		defer stopStarting()
-	}
-	progressDone := make(chan struct{})
-	stopProgress := make(chan struct{})
-	go func() {
-		defer close(progressDone)
-		r.progress(start, stopProgress)
-	}()
+	return &Load{
+		cfg: cfg,
+		client: &http.Client{
+			Transport:     tr,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		body: body,
+		off:  make([]atomic.Bool, len(cfg.URLs)),
+		stop: func() {},
+		done: make(chan struct{}),
+		est:  initialEstimate,
+	}, nil
+}
 
-	var wg sync.WaitGroup
-	for range cfg.Clients {
-		wg.Go(func() {
-			for startCtx.Err() == nil {
-				if cfg.Requests > 0 && r.started.Add(1) > int64(cfg.Requests) {
-					return
-				}
-				r.one(ctx)
+// Start starts the clients; it does nothing when called again. ctx bounds
+// the requests themselves: when it ends, no request starts and those in
+// flight are abandoned (Record.Aborted). To let them finish, pass a ctx
+// that outlives Stop.
+func (l *Load) Start(ctx context.Context) {
+	l.startOnce.Do(func() {
+		var startCtx context.Context
+		startCtx, l.stop = context.WithCancel(ctx)
+		for range l.cfg.Clients {
+			l.wg.Go(func() { l.client1(ctx, startCtx) })
+		}
+		go func() {
+			l.wg.Wait()
+			close(l.done)
+		}()
+	})
+}
+
+// client1 is one client: a request at a time until startCtx ends, the
+// count is reached or every target is disabled.
+func (l *Load) client1(ctx, startCtx context.Context) {
+	for startCtx.Err() == nil {
+		if l.cfg.Requests > 0 && l.started.Add(1) > int64(l.cfg.Requests) {
+			return
+		}
+		i := l.pick()
+		if i < 0 {
+			return
+		}
+		r := l.send(ctx, i, l.cfg.Cancel > 0 && rand.Float64() < l.cfg.Cancel, nil)
+		l.mu.Lock()
+		l.recs = append(l.recs, r)
+		if r.Answered() {
+			l.est += (r.Latency() - l.est) / 8
+		}
+		l.mu.Unlock()
+		if l.cfg.Backoff > 0 && r.Status != http.StatusOK && !r.Cancelled {
+			select {
+			case <-startCtx.Done():
+			case <-time.After(l.cfg.Backoff):
 			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	close(stopProgress)
-	<-progressDone
-
-	rep := r.t.report()
-	rep.URLs, rep.Clients, rep.Stream = cfg.URLs, cfg.Clients, cfg.Stream
-	rep.Elapsed = elapsed
-	rep.Interrupted = ctx.Err() != nil
-	if cfg.Vendor != nil {
-		// The run's own ctx may be cancelled; the checks still deserve an
-		// answer, bounded by their own deadline.
-		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if err := cfg.Vendor.check(vctx, client, rep); err != nil {
-			return rep, err
 		}
 	}
-	return rep, nil
 }
 
-// runner holds the state shared by the clients of one run.
-type runner struct {
-	cfg      Config
-	client   *http.Client
-	body     []byte
-	t        *tally
-	started  atomic.Int64 // requests started, when counted
-	next     atomic.Uint64
-	inFlight atomic.Int64
+// pick returns the next target that is not disabled, or -1.
+func (l *Load) pick() int {
+	for range len(l.off) {
+		i := int(l.next.Add(1)-1) % len(l.off)
+		if !l.off[i].Load() {
+			return i
+		}
+	}
+	return -1
 }
 
-// one sends one request and tallies its outcome.
-func (r *runner) one(ctx context.Context) {
-	base := r.cfg.URLs[(r.next.Add(1)-1)%uint64(len(r.cfg.URLs))]
-	reqCtx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+// Disable takes the target (a name of Config.Names, or a URL) out of
+// rotation: no new request goes to it. Enable puts it back.
+func (l *Load) Disable(target string) { l.set(target, true) }
+
+// Enable puts a target taken out by Disable back into rotation.
+func (l *Load) Enable(target string) { l.set(target, false) }
+
+func (l *Load) set(target string, off bool) {
+	if i := l.index(target); i >= 0 {
+		l.off[i].Store(off)
+	}
+}
+
+// index returns the position of target (a name or a URL), or -1.
+func (l *Load) index(target string) int {
+	if i := slices.Index(l.cfg.Names, target); i >= 0 {
+		return i
+	}
+	u, _ := baseURL(target)
+	return slices.Index(l.cfg.URLs, u)
+}
+
+// Send sends one request of its own to target (a name of Config.Names, or
+// a URL) with the extra headers h (may be nil), and returns its record. It
+// is not one of the load's records and is never cancelled on purpose; ctx
+// bounds it together with Config.Timeout.
+func (l *Load) Send(ctx context.Context, target string, h http.Header) Record {
+	i := l.index(target)
+	if i < 0 {
+		now := time.Now()
+		return Record{Target: target, Start: now, End: now, Err: "load: unknown target " + target}
+	}
+	return l.send(ctx, i, false, h)
+}
+
+// send sends one chat completion to target i and records it.
+func (l *Load) send(ctx context.Context, i int, cancelIt bool, h http.Header) Record {
+	rec := Record{Target: l.cfg.Names[i], Start: time.Now()}
+	reqCtx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
 	defer cancel()
 	var cancelled atomic.Bool
-	if r.cfg.Cancel > 0 && rand.Float64() < r.cfg.Cancel {
-		timer := time.AfterFunc(rand.N(r.t.estimate()), func() {
+	if cancelIt {
+		timer := time.AfterFunc(rand.N(l.estimate()), func() {
 			cancelled.Store(true)
 			cancel()
 		})
 		defer timer.Stop()
 	}
-	req, err := http.NewRequestWithContext(reqCtx, http.MethodPost, base+"/v1/chat/completions", bytes.NewReader(r.body))
+	req, err := http.NewRequestWithContext(reqCtx, http.MethodPost, l.cfg.URLs[i]+"/v1/chat/completions", bytes.NewReader(l.body))
 	if err != nil {
 		panic(err) // URLs were validated
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if r.cfg.Key != "" {
-		req.Header.Set("Authorization", "Bearer "+r.cfg.Key)
+	if l.cfg.Key != "" {
+		req.Header.Set("Authorization", "Bearer "+l.cfg.Key)
 	}
-	if r.cfg.Stream {
+	if l.cfg.Stream {
 		req.Header.Set("Accept", "text/event-stream")
 	}
+	for k, v := range h {
+		req.Header[k] = v
+	}
 
-	r.inFlight.Add(1)
-	defer r.inFlight.Add(-1)
-	begin := time.Now()
-	resp, err := r.client.Do(req)
+	l.inFlight.Add(1)
+	defer l.inFlight.Add(-1)
+	resp, err := l.client.Do(req)
 	if err == nil {
-		err = readAnswer(resp, r.cfg.Stream)
+		err = readAnswer(resp, &rec)
 	}
-	latency := time.Since(begin)
-	switch {
-	case err == nil:
-		wait, hasWait := parseQueueWait(resp.Header.Get(HeaderQueueWait))
-		r.t.completed(resp.StatusCode, latency, wait, hasWait)
-	case cancelled.Load():
-		r.t.count(&r.t.cancelled)
-	case ctx.Err() != nil:
-		r.t.count(&r.t.aborted)
-	default:
-		r.t.transportError(err)
-	}
-}
-
-// readAnswer reads the whole answer. A 2xx answer must be well formed: JSON,
-// or for a stream an SSE body that ends with "data: [DONE]".
-func readAnswer(resp *http.Response, stream bool) error {
-	defer resp.Body.Close()
-	ok := resp.StatusCode >= 200 && resp.StatusCode < 300
-	if !ok || !stream || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return err
-		}
-		if ok && !json.Valid(b) {
-			return errors.New("2xx answer is not JSON")
-		}
-		return nil
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	done := false
-	for sc.Scan() {
-		if line := sc.Text(); line == "data: [DONE]" {
-			done = true
+	rec.End = time.Now()
+	if err != nil {
+		rec = Record{Target: rec.Target, Start: rec.Start, End: rec.End}
+		switch {
+		case cancelled.Load():
+			rec.Cancelled = true
+		case ctx.Err() != nil:
+			rec.Aborted = true
+		default:
+			rec.Err = describeError(err)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return err
-	}
-	if !done {
-		return errors.New("stream ended without [DONE]")
-	}
-	return nil
+	return rec
 }
 
-// parseQueueWait parses HeaderQueueWait: milliseconds or a Go duration.
-func parseQueueWait(s string) (time.Duration, bool) {
-	if s == "" {
-		return 0, false
-	}
-	if ms, err := strconv.ParseFloat(s, 64); err == nil && ms >= 0 {
-		return time.Duration(ms * float64(time.Millisecond)), true
-	}
-	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
-		return d, true
-	}
-	return 0, false
+// estimate returns the moment before which a cancelled request is
+// cancelled: the moving average of completion times, at least 1ms.
+func (l *Load) estimate() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return max(l.est, time.Millisecond)
 }
 
-// tally collects the outcomes of a run; safe for concurrent use.
-type tally struct {
-	mu        sync.Mutex
-	statuses  map[int]int
-	cancelled int
-	aborted   int
-	transport int
-	errs      map[string]int
-	latencies []time.Duration
-	waits     []time.Duration
-	est       time.Duration // moving average of completion times
-	finished  int
+// Records returns the records of the requests finished so far, in the
+// order they finished.
+func (l *Load) Records() []Record {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.recs)
 }
 
-// maxErrKinds bounds the kinds of transport errors a report describes.
-const maxErrKinds = 10
+// Done is closed once every client has stopped by itself (Config.Requests
+// reached, every target disabled) or after Stop.
+func (l *Load) Done() <-chan struct{} { return l.done }
 
-func newTally() *tally {
-	return &tally{statuses: map[int]int{}, errs: map[string]int{}, est: initialEstimate}
+// Stop stops starting requests, waits for those in flight and returns all
+// the records. A Load that was never started returns none.
+func (l *Load) Stop() []Record {
+	l.startOnce.Do(func() { close(l.done) }) // never started: nothing to wait for
+	l.stop()
+	<-l.done
+	return l.Records()
 }
 
-func (t *tally) estimate() time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return max(t.est, time.Millisecond)
-}
-
-func (t *tally) completed(status int, latency, wait time.Duration, hasWait bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.finished++
-	t.statuses[status]++
-	t.latencies = append(t.latencies, latency)
-	if hasWait {
-		t.waits = append(t.waits, wait)
-	}
-	t.est += (latency - t.est) / 8
-}
-
-func (t *tally) count(n *int) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.finished++
-	*n++
-}
-
-// transportError counts err under a short description; only the first
-// maxErrKinds kinds are kept, the rest as "other".
-func (t *tally) transportError(err error) {
-	msg := describeError(err)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.finished++
-	t.transport++
-	if _, seen := t.errs[msg]; !seen && len(t.errs) >= maxErrKinds {
-		msg = "other"
-	}
-	t.errs[msg]++
-}
-
-// describeError drops the per-request parts (method, URL) of err.
-func describeError(err error) string {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-	}
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		return "timeout"
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return "unexpected EOF"
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		return oe.Op + ": " + oe.Err.Error()
-	}
-	return err.Error()
-}
-
-// progressSnapshot is what a progress line shows.
-type progressSnapshot struct {
-	finished, ok, cancelled, transport int
-	others                             map[int]int
-}
-
-func (t *tally) progress() progressSnapshot {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	p := progressSnapshot{finished: t.finished, cancelled: t.cancelled, transport: t.transport, others: map[int]int{}}
-	for code, n := range t.statuses {
-		if code >= 200 && code < 300 {
-			p.ok += n
-		} else {
-			p.others[code] = n
-		}
-	}
-	return p
-}
+// Close releases the idle connections of the Load's HTTP client.
+func (l *Load) Close() { l.client.CloseIdleConnections() }
 
 // progress writes a line per interval until stop is closed.
-func (r *runner) progress(start time.Time, stop <-chan struct{}) {
-	w := r.cfg.Progress
+func (l *Load) progress(start time.Time, stop <-chan struct{}) {
+	w := l.cfg.Progress
 	if w == nil {
 		<-stop
 		return
 	}
-	tick := time.NewTicker(r.cfg.ProgressInterval)
+	tick := time.NewTicker(l.cfg.ProgressInterval)
 	defer tick.Stop()
+	var p progressCounts
 	last, lastAt := 0, start
 	for {
 		select {
 		case <-stop:
-			if r.cfg.Live {
+			if l.cfg.Live {
 				fmt.Fprintln(w)
 			}
 			return
 		case now := <-tick.C:
-			p := r.t.progress()
-			rate := float64(p.finished-last) / now.Sub(lastAt).Seconds()
-			last, lastAt = p.finished, now
+			l.mu.Lock()
+			p.add(l.recs[p.seen:])
+			l.mu.Unlock()
+			rate := float64(p.seen-last) / now.Sub(lastAt).Seconds()
+			last, lastAt = p.seen, now
 			var b strings.Builder
-			fmt.Fprintf(&b, "%6.1fs  %7.1f req/s  in flight %d  ok %d", now.Sub(start).Seconds(), rate, r.inFlight.Load(), p.ok)
+			fmt.Fprintf(&b, "%6.1fs  %7.1f req/s  in flight %d  ok %d", now.Sub(start).Seconds(), rate, l.inFlight.Load(), p.ok)
 			for _, code := range sortedKeys(p.others) {
 				fmt.Fprintf(&b, "  %d:%d", code, p.others[code])
 			}
@@ -461,7 +490,7 @@ func (r *runner) progress(start time.Time, stop <-chan struct{}) {
 			if p.transport > 0 {
 				fmt.Fprintf(&b, "  transport:%d", p.transport)
 			}
-			if r.cfg.Live {
+			if l.cfg.Live {
 				fmt.Fprintf(w, "\r\x1b[K%s", b.String())
 			} else {
 				fmt.Fprintln(w, b.String())
@@ -470,27 +499,27 @@ func (r *runner) progress(start time.Time, stop <-chan struct{}) {
 	}
 }
 
-func (t *tally) report() *Report {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	rep := &Report{
-		Statuses:        make(map[int]int, len(t.statuses)),
-		Cancelled:       t.cancelled,
-		Aborted:         t.aborted,
-		TransportErrors: t.transport,
-		Latency:         Summarize(t.latencies),
-		QueueWait:       Summarize(t.waits),
+// progressCounts are what a progress line shows, added up record by record.
+type progressCounts struct {
+	seen, ok, cancelled, transport int
+	others                         map[int]int
+}
+
+func (p *progressCounts) add(recs []Record) {
+	if p.others == nil {
+		p.others = map[int]int{}
 	}
-	for k, v := range t.statuses {
-		rep.Statuses[k] = v
-		rep.Requests += v
-	}
-	rep.Requests += t.cancelled + t.aborted + t.transport
-	if len(t.errs) > 0 {
-		rep.TransportErrorKinds = make(map[string]int, len(t.errs))
-		for k, v := range t.errs {
-			rep.TransportErrorKinds[k] = v
+	for _, r := range recs {
+		p.seen++
+		switch {
+		case r.Cancelled:
+			p.cancelled++
+		case r.Status == 0 && !r.Aborted:
+			p.transport++
+		case r.Status/100 == 2:
+			p.ok++
+		default:
+			p.others[r.Status]++
 		}
 	}
-	return rep
 }

@@ -19,6 +19,9 @@ import (
 
 const ms = time.Millisecond
 
+// completion is a minimal well-formed chat completion.
+const completion = `{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}`
+
 func TestSummarize(t *testing.T) {
 	seq := func(n int) []time.Duration {
 		var ds []time.Duration
@@ -160,10 +163,10 @@ func TestQueueWaitAndNoRedirects(t *testing.T) {
 			http.Redirect(w, r, other.URL+"/v1/chat/completions", http.StatusTemporaryRedirect)
 		case i%2 == 0:
 			w.Header().Set(HeaderQueueWait, "20ms")
-			w.Write([]byte(`{}`))
+			w.Write([]byte(completion))
 		default:
 			w.Header().Set(HeaderQueueWait, "10")
-			w.Write([]byte(`{}`))
+			w.Write([]byte(completion))
 		}
 	}))
 	defer gw.Close()

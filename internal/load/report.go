@@ -27,13 +27,17 @@ type Report struct {
 	Requests int
 	// Statuses counts answers read in full, by status.
 	Statuses map[int]int
+	// Malformed counts the answers of Statuses that were not well formed
+	// (Record.Err): a 2xx that is not a chat.completion or a stream without
+	// [DONE], an error not in the OpenAI shape.
+	Malformed int
 	// Cancelled counts requests the client cancelled on purpose (Cancel)
 	// before they completed.
 	Cancelled int
 	// Aborted counts requests abandoned because the run was interrupted.
 	Aborted int
-	// TransportErrors counts requests that got no well-formed answer:
-	// connection errors, timeouts, cut streams, 2xx bodies that are not JSON.
+	// TransportErrors counts requests that got no answer in full:
+	// connection errors, timeouts, cut bodies and streams.
 	TransportErrors int
 	// TransportErrorKinds counts them by a short description (ten kinds at
 	// most, then "other").
@@ -47,9 +51,53 @@ type Report struct {
 	Interrupted bool
 	// Vendor is the vendor's view after the run, when checked.
 	Vendor *mockvendor.Report
+	// Budget is the budget the checks judged by, when the vendor was
+	// checked.
+	Budget *Budget
 	// Checks are the invariant checks, when the vendor was checked.
 	Checks []Check
+	// Records are the requests, in the order they finished; not part of
+	// the JSON form.
+	Records []Record
 }
+
+// newReport counts recs.
+func newReport(recs []Record) *Report {
+	rep := &Report{Statuses: map[int]int{}, Requests: len(recs), Records: recs}
+	var latencies, waits []time.Duration
+	for _, r := range recs {
+		switch {
+		case r.Cancelled:
+			rep.Cancelled++
+		case r.Aborted:
+			rep.Aborted++
+		case r.Status == 0:
+			rep.TransportErrors++
+			if rep.TransportErrorKinds == nil {
+				rep.TransportErrorKinds = map[string]int{}
+			}
+			kind := r.Err
+			if _, seen := rep.TransportErrorKinds[kind]; !seen && len(rep.TransportErrorKinds) >= maxErrKinds {
+				kind = "other"
+			}
+			rep.TransportErrorKinds[kind]++
+		default:
+			rep.Statuses[r.Status]++
+			latencies = append(latencies, r.Latency())
+			if r.HasQueueWait {
+				waits = append(waits, r.QueueWait)
+			}
+			if r.Err != "" {
+				rep.Malformed++
+			}
+		}
+	}
+	rep.Latency, rep.QueueWait = Summarize(latencies), Summarize(waits)
+	return rep
+}
+
+// maxErrKinds bounds the kinds of transport errors a report describes.
+const maxErrKinds = 10
 
 // Result of a Check.
 const (
@@ -123,6 +171,7 @@ func (r *Report) MarshalJSON() ([]byte, error) {
 		Requests            int                `json:"requests"`
 		RequestsPerSecond   float64            `json:"requests_per_second"`
 		Statuses            map[int]int        `json:"statuses"`
+		Malformed           int                `json:"malformed"`
 		Cancelled           int                `json:"cancelled"`
 		Aborted             int                `json:"aborted"`
 		TransportErrors     int                `json:"transport_errors"`
@@ -131,11 +180,12 @@ func (r *Report) MarshalJSON() ([]byte, error) {
 		QueueWait           *Percentiles       `json:"queue_wait,omitempty"`
 		Interrupted         bool               `json:"interrupted"`
 		Vendor              *mockvendor.Report `json:"vendor,omitempty"`
+		Budget              *Budget            `json:"budget,omitempty"`
 		Checks              []Check            `json:"checks,omitempty"`
 		Failed              bool               `json:"failed"`
-	}{r.URLs, r.Clients, r.Stream, r.Elapsed.Seconds(), r.Requests, r.rate(), r.Statuses, r.Cancelled,
+	}{r.URLs, r.Clients, r.Stream, r.Elapsed.Seconds(), r.Requests, r.rate(), r.Statuses, r.Malformed, r.Cancelled,
 		r.Aborted, r.TransportErrors, r.TransportErrorKinds, r.Latency, r.QueueWait, r.Interrupted,
-		r.Vendor, r.Checks, r.Failed()})
+		r.Vendor, r.Budget, r.Checks, r.Failed()})
 }
 
 func (r *Report) rate() float64 {
@@ -174,6 +224,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	row("transport error", r.TransportErrors)
 	if r.Aborted > 0 {
 		row("aborted", r.Aborted)
+	}
+	if r.Malformed > 0 {
+		fmt.Fprintf(&b, "  of them malformed: %d\n", r.Malformed)
 	}
 	for _, k := range sortedKeys(r.TransportErrorKinds) {
 		fmt.Fprintf(&b, "  transport error %q: %d\n", k, r.TransportErrorKinds[k])

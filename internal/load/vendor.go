@@ -2,12 +2,7 @@ package load
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
-	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/mockvendor"
@@ -29,87 +24,43 @@ type VendorCheck struct {
 	Burst  int
 	// Window is W. Zero: one second.
 	Window time.Duration
+	// Step, when positive, asks the vendor for its time series at this step
+	// (Report.Vendor.Series), for Plot.
+	Step time.Duration
 }
 
-// reset clears the vendor's statistics.
-func (v *VendorCheck) reset(ctx context.Context, client *http.Client) error {
-	u, err := url.Parse(v.StatsURL)
-	if err != nil {
-		return fmt.Errorf("load: vendor stats URL: %w", err)
-	}
-	u.Path = strings.TrimSuffix(u.Path, "/") + "/reset"
-	u.RawQuery = ""
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), nil)
-	if err != nil {
-		return fmt.Errorf("load: vendor reset: %w", err)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("load: vendor reset: %w", err)
-	}
-	defer resp.Body.Close()
-	io.Copy(io.Discard, resp.Body)
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("load: vendor reset: POST %s: %s", u, resp.Status)
-	}
-	return nil
-}
-
-// fetch reads the vendor's statistics for window w.
-func (v *VendorCheck) fetch(ctx context.Context, client *http.Client, w time.Duration) (*mockvendor.Report, error) {
-	u, err := url.Parse(v.StatsURL)
-	if err != nil {
-		return nil, fmt.Errorf("load: vendor stats URL: %w", err)
-	}
-	q := u.Query()
-	q.Set("window", w.String())
-	u.RawQuery = q.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return nil, fmt.Errorf("load: vendor stats: %w", err)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("load: vendor stats: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("load: vendor stats: GET %s: %s", u, resp.Status)
-	}
-	var rep mockvendor.Report
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&rep); err != nil {
-		return nil, fmt.Errorf("load: vendor stats: %w", err)
-	}
-	return &rep, nil
-}
-
-// check fetches the vendor's statistics into rep and adds the checks.
-func (v *VendorCheck) check(ctx context.Context, client *http.Client, rep *Report) error {
+// check fetches the vendor's statistics into rep and adds the budget and
+// the checks.
+func (v *VendorCheck) check(ctx context.Context, vendor *mockvendor.Client, rep *Report) error {
 	w := v.Window
 	if w <= 0 {
 		w = time.Second
 	}
-	vs, err := v.fetch(ctx, client, w)
+	vs, err := vendor.Stats(ctx, mockvendor.StatsQuery{Window: w, Step: v.Step})
 	if err != nil {
 		return err
 	}
-	rep.Vendor = vs
+	b := v.Budget(vs)
+	rep.Vendor, rep.Budget = vs, &b
 	rep.Checks = Checks(*v, vs, rep)
 	return nil
 }
 
-// Checks judges the invariants on the vendor's report vs and the run's
-// report run:
-//
-//   - I1: vendor max_in_flight <= C;
-//   - I2: vendor max_in_window <= B + R*W;
-//   - vendor limit: no request answered 429 by the vendor's own enforcement
-//     (when it enforces one);
-//   - I4: no 500 and no transport error seen by the clients;
-//   - I5 (INFO): vendor 2xx answers against the most the budget allowed
-//     over the run, min(B + R*T, C*T/latency), latency being the vendor's
-//     mean 2xx latency; meaningful only when demand exceeded the budget.
-func Checks(v VendorCheck, vs *mockvendor.Report, run *Report) []Check {
+// Budget is what the invariants are judged by: C, R, B and W. A zero
+// Concurrency or PerSecond is unknown.
+type Budget struct {
+	Concurrency   int     `json:"concurrency"`
+	PerSecond     float64 `json:"rate_per_second"`
+	Burst         int     `json:"burst"`
+	WindowSeconds float64 `json:"window_seconds"`
+}
+
+// InWindow is I2's bound, B + R*W.
+func (b Budget) InWindow() float64 { return float64(b.Burst) + b.PerSecond*b.WindowSeconds }
+
+// Budget resolves the budget of v against the vendor's report vs: fields
+// of v win, zero ones are taken from the limit the vendor enforces.
+func (v VendorCheck) Budget(vs *mockvendor.Report) Budget {
 	conc, rate, period, burst := v.Concurrency, v.Rate, v.Period, v.Burst
 	if l := vs.Limit; l != nil {
 		if conc == 0 {
@@ -125,9 +76,24 @@ func Checks(v VendorCheck, vs *mockvendor.Report, run *Report) []Check {
 	if period <= 0 {
 		period = time.Second
 	}
-	burst = max(burst, 1)
-	perSecond := float64(rate) / period.Seconds()
-	w := time.Duration(vs.WindowSeconds * float64(time.Second))
+	return Budget{Concurrency: conc, PerSecond: float64(rate) / period.Seconds(), Burst: max(burst, 1), WindowSeconds: vs.WindowSeconds}
+}
+
+// Checks judges the invariants on the vendor's report vs and the run's
+// report run:
+//
+//   - I1: vendor max_in_flight <= C;
+//   - I2: vendor max_in_window <= B + R*W;
+//   - vendor limit: no request answered 429 by the vendor's own enforcement
+//     (when it enforces one);
+//   - I4: no 500, no transport error and no malformed answer seen by the
+//     clients;
+//   - I5 (INFO): vendor 2xx answers against the most the budget allowed
+//     over the run, min(B + R*T, C*T/latency), latency being the vendor's
+//     mean 2xx latency; meaningful only when demand exceeded the budget.
+func Checks(v VendorCheck, vs *mockvendor.Report, run *Report) []Check {
+	bud := v.Budget(vs)
+	conc, burst, perSecond := bud.Concurrency, bud.Burst, bud.PerSecond
 
 	var checks []Check
 	bounded := func(name string, got, limit float64, known bool, detail string) {
@@ -141,20 +107,20 @@ func Checks(v VendorCheck, vs *mockvendor.Report, run *Report) []Check {
 		checks = append(checks, c)
 	}
 	bounded("I1 max in flight", float64(vs.MaxInFlight), float64(conc), conc > 0, fmt.Sprintf("C=%d", conc))
-	bounded(fmt.Sprintf("I2 max arrivals in %s", vs.Window), float64(vs.MaxInWindow), float64(burst)+perSecond*w.Seconds(), rate > 0,
+	bounded(fmt.Sprintf("I2 max arrivals in %s", vs.Window), float64(vs.MaxInWindow), bud.InWindow(), perSecond > 0,
 		fmt.Sprintf("B + R*W = %d + %g/s * %s", burst, perSecond, vs.Window))
 	if vs.Limit != nil {
 		bounded("vendor limit violations", float64(vs.Violations), 0, true,
 			fmt.Sprintf("concurrency %d, rate %d", vs.ViolationsByKind["concurrency"], vs.ViolationsByKind["rate"]))
 	}
-	bounded("I4 500s and transport errors", float64(run.Statuses[500]+run.TransportErrors), 0, true,
-		fmt.Sprintf("500: %d, transport: %d", run.Statuses[500], run.TransportErrors))
+	bounded("I4 500s and transport errors", float64(run.Statuses[500]+run.TransportErrors+run.Malformed), 0, true,
+		fmt.Sprintf("500: %d, transport: %d, malformed: %d", run.Statuses[500], run.TransportErrors, run.Malformed))
 
-	if rate > 0 || conc > 0 {
+	if perSecond > 0 || conc > 0 {
 		t := run.Elapsed.Seconds()
 		budget := -1.0
 		detail := ""
-		if rate > 0 {
+		if perSecond > 0 {
 			budget = float64(burst) + perSecond*t
 			detail = fmt.Sprintf("B + R*T = %.0f", budget)
 		}

@@ -1,5 +1,5 @@
 // Package mockvendor is a fake OpenAI-compatible vendor that measures the
-// invariants of sluice (DESIGN.md I1-I6) where they count: at the vendor.
+// invariants of sluice (I1-I6 in the README) where they count: at the vendor.
 //
 // A Vendor is an http.Handler serving:
 //
@@ -8,7 +8,9 @@
 //	                           ending with "data: [DONE]"
 //	GET  /v1/models            a one-model list
 //	any other /v1 or path      404 in OpenAI's error shape
-//	GET  /stats?window=1s      the statistics as JSON (see Report)
+//	GET  /stats?window=1s      the statistics as JSON (see Report); with
+//	     &step=100ms           also a time series of arrivals, calls in
+//	                           flight and arrivals per window (Stats.Series)
 //	POST /stats/reset          Reset; answers 204
 //	GET  /healthz              200 "ok"
 //
@@ -45,6 +47,6 @@
 // most recent Options.MaxRecords (default 1e6, 24 MB), so MaxInWindow
 // covers those and Stats.Dropped says how many fell out.
 //
-// Tests in other packages start one on loopback with
-// mockvendortest.Start.
+// Client reads and resets the statistics of a vendor running elsewhere;
+// tests in other packages start one on loopback with mockvendortest.Start.
 package mockvendor

@@ -14,6 +14,11 @@ const (
 	DefaultStreamChunks = 4
 	DefaultMaxRecords   = 1_000_000
 	DefaultModel        = "mock-model"
+	// DefaultJitter is the Limit.Jitter of `sluice mockvendor` and of the
+	// demo's vendor: on one machine or one Docker network the hop from a
+	// gateway's grant to the arrival here varies by a few milliseconds,
+	// and a vendor exact to the nanosecond would call that a violation.
+	DefaultJitter = 20 * time.Millisecond
 )
 
 // Options configures a Vendor. The zero value is a fast, error-free vendor

@@ -2,6 +2,7 @@ package mockvendor
 
 import (
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -281,4 +282,95 @@ func (r *recorder) maxInWindow(w time.Duration) (n, retained int) {
 // secondsCeil rounds d up to whole seconds, at least 1.
 func secondsCeil(d time.Duration) int {
 	return max(1, int(math.Ceil(d.Seconds())))
+}
+
+// MaxSeriesPoints bounds the points of a Series: a smaller step is widened
+// to Elapsed/MaxSeriesPoints.
+const MaxSeriesPoints = 2000
+
+// Point is one step of a Series: what the vendor saw from At to At+Step,
+// At being an offset from Stats.Epoch.
+type Point struct {
+	At time.Duration
+	// Arrivals counts the arrivals in the step.
+	Arrivals int
+	// MaxInFlight is the most retained requests in flight at once during
+	// the step (requests that arrived before the epoch are not counted).
+	MaxInFlight int
+	// MaxInWindow is the most arrivals in a closed window of length W that
+	// ends within the step; the largest over all points is MaxInWindow(W).
+	MaxInWindow int
+}
+
+// Series cuts the retained requests into steps of length step from the
+// Epoch to Elapsed, for plots of the budget over time, and returns the
+// points and the step used: step itself, or wider where it would make more
+// than MaxSeriesPoints points. It returns no point for a non-positive step
+// or no request.
+func (s Stats) Series(step, w time.Duration) ([]Point, time.Duration) {
+	if step <= 0 || len(s.Requests) == 0 {
+		return nil, step
+	}
+	end := s.Elapsed
+	for _, r := range s.Requests {
+		end = max(end, r.Start, r.End)
+	}
+	step = max(step, end/MaxSeriesPoints+1)
+	pts := make([]Point, int(end/step)+1)
+	for i := range pts {
+		pts[i].At = time.Duration(i) * step
+	}
+	// Arrivals, and the densest window ending at each arrival.
+	starts := make([]time.Duration, len(s.Requests))
+	ends := make([]time.Duration, 0, len(s.Requests))
+	for i, r := range s.Requests {
+		starts[i] = r.Start
+		e := r.End
+		if r.Status == 0 {
+			e = end // still in flight
+		}
+		ends = append(ends, e)
+	}
+	slices.Sort(starts)
+	slices.Sort(ends)
+	// A window ending at the start of a step holds what it held at the end
+	// of the one before; within the step it gains only at arrivals.
+	for i := range pts {
+		at := pts[i].At
+		in, _ := slices.BinarySearch(starts, at+1)
+		out, _ := slices.BinarySearch(starts, at-w)
+		pts[i].MaxInWindow = in - out
+	}
+	lo := 0
+	for i, t := range starts {
+		for t-starts[lo] > w {
+			lo++
+		}
+		p := &pts[t/step]
+		p.Arrivals++
+		p.MaxInWindow = max(p.MaxInWindow, i-lo+1)
+	}
+	// In flight: sweep the starts and ends in time order, an end first on
+	// a tie; each step starts at the level its predecessor ended with.
+	level, cur, si, ei := 0, 0, 0, 0
+	for si < len(starts) || ei < len(ends) {
+		t, delta := time.Duration(0), 0
+		if ei < len(ends) && (si == len(starts) || ends[ei] <= starts[si]) {
+			t, delta = ends[ei], -1
+			ei++
+		} else {
+			t, delta = starts[si], 1
+			si++
+		}
+		k := min(int(t/step), len(pts)-1)
+		for ; cur < k; cur++ {
+			pts[cur+1].MaxInFlight = level
+		}
+		level += delta
+		pts[k].MaxInFlight = max(pts[k].MaxInFlight, level)
+	}
+	for ; cur < len(pts)-1; cur++ {
+		pts[cur+1].MaxInFlight = level
+	}
+	return pts, step
 }

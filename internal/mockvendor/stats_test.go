@@ -164,3 +164,62 @@ func ExampleStats_MaxInWindow() {
 	// 3
 	// 2
 }
+
+func TestSeries(t *testing.T) {
+	s := Stats{Elapsed: 1000 * ms, Requests: []Request{
+		{Start: 0, End: 250 * ms, Status: 200},
+		{Start: 10 * ms, End: 20 * ms, Status: 200},
+		{Start: 20 * ms, End: 30 * ms, Status: 200}, // starts as the one before ends
+		{Start: 120 * ms, End: 130 * ms, Status: 200},
+		{Start: 900 * ms}, // in flight
+	}}
+	pts, step := s.Series(100*ms, 50*ms)
+	if step != 100*ms || len(pts) != 11 {
+		t.Fatalf("step %v, %d points", step, len(pts))
+	}
+	want := []Point{
+		{At: 0, Arrivals: 3, MaxInFlight: 2, MaxInWindow: 3},
+		{At: 100 * ms, Arrivals: 1, MaxInFlight: 2, MaxInWindow: 1},
+		{At: 200 * ms, Arrivals: 0, MaxInFlight: 1},
+		{At: 300 * ms},
+	}
+	for i, w := range want {
+		if pts[i] != w {
+			t.Errorf("point %d: %+v, want %+v", i, pts[i], w)
+		}
+	}
+	if p := pts[9]; p.Arrivals != 1 || p.MaxInFlight != 1 {
+		t.Errorf("point 9: %+v", p)
+	}
+	if p := pts[10]; p.MaxInFlight != 1 {
+		t.Errorf("point 10 (still in flight): %+v", p)
+	}
+	if pts, _ := (Stats{}).Series(time.Second, time.Second); pts != nil {
+		t.Errorf("no request: %v", pts)
+	}
+	if _, step := s.Series(time.Nanosecond, 0); step <= 1000*ms/MaxSeriesPoints {
+		t.Errorf("a tiny step is not widened: %v", step)
+	}
+}
+
+// TestSeriesMatchesMaxInWindow checks the series' maxima against the
+// direct measure over random arrivals.
+func TestSeriesMatchesMaxInWindow(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 100 {
+		s := Stats{Elapsed: time.Second}
+		for range r.IntN(60) + 1 {
+			st := time.Duration(r.IntN(1000)) * ms
+			s.Requests = append(s.Requests, Request{Start: st, End: st + time.Duration(r.IntN(100))*ms, Status: 200})
+		}
+		w := time.Duration(r.IntN(300)) * ms
+		pts, _ := s.Series(time.Duration(r.IntN(200)+1)*ms, w)
+		most := 0
+		for _, p := range pts {
+			most = max(most, p.MaxInWindow)
+		}
+		if want := s.MaxInWindow(w); most != want {
+			t.Fatalf("series max in window %d, MaxInWindow %d", most, want)
+		}
+	}
+}

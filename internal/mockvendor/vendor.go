@@ -293,27 +293,30 @@ func (v *Vendor) forced(h http.Header) (status int, latency time.Duration, cut i
 	return status, latency, cut, nil
 }
 
-// serveStats answers GET /stats[?window=1s].
+// serveStats answers GET /stats[?window=1s][&step=100ms].
 func (v *Vendor) serveStats(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		writeError(w, http.StatusMethodNotAllowed, "use GET /stats", "method_not_allowed")
 		return
 	}
-	window := time.Second
-	if s := r.URL.Query().Get("window"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil || d < 0 {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("window: %q is not a non-negative Go duration", s), "invalid_window")
-			return
+	window, step := time.Second, time.Duration(0)
+	for name, p := range map[string]*time.Duration{"window": &window, "step": &step} {
+		if s := r.URL.Query().Get(name); s != "" {
+			d, err := time.ParseDuration(s)
+			if err != nil || d < 0 {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %q is not a non-negative Go duration", name, s), "invalid_"+name)
+				return
+			}
+			*p = d
 		}
-		window = d
 	}
-	writeJSON(w, http.StatusOK, v.report(window))
+	writeJSON(w, http.StatusOK, v.report(window, step))
 }
 
-// report builds the /stats document for a window.
-func (v *Vendor) report(window time.Duration) Report {
-	s := v.rec.snapshot(false)
+// report builds the /stats document for a window, with a Series when step
+// is positive.
+func (v *Vendor) report(window, step time.Duration) Report {
+	s := v.rec.snapshot(step > 0)
 	n, retained := v.rec.maxInWindow(window)
 	rep := Report{
 		InFlight:    s.InFlight,
@@ -333,6 +336,13 @@ func (v *Vendor) report(window time.Duration) Report {
 		MeanOKLatencyMS: float64(s.MeanOKLatency) / float64(time.Millisecond),
 		Retained:        retained,
 		Dropped:         s.Dropped,
+	}
+	if pts, step := s.Series(step, window); len(pts) > 0 {
+		rep.SeriesStepSeconds = step.Seconds()
+		rep.Series = make([]SeriesPoint, len(pts))
+		for i, p := range pts {
+			rep.Series[i] = SeriesPoint{AtSeconds: p.At.Seconds(), Arrivals: p.Arrivals, MaxInFlight: p.MaxInFlight, MaxInWindow: p.MaxInWindow}
+		}
 	}
 	if l := v.opt.Limit; l.Enabled() {
 		rep.Limit = &LimitReport{
@@ -375,6 +385,18 @@ type Report struct {
 	Dropped  int64 `json:"dropped"`
 	// Limit is the enforced limit, absent when none is.
 	Limit *LimitReport `json:"limit,omitempty"`
+	// SeriesStepSeconds and Series are Stats.Series at the step asked for
+	// with ?step= (perhaps widened), W being the window; absent otherwise.
+	SeriesStepSeconds float64       `json:"series_step_seconds,omitempty"`
+	Series            []SeriesPoint `json:"series,omitempty"`
+}
+
+// SeriesPoint is a Point in a Report.
+type SeriesPoint struct {
+	AtSeconds   float64 `json:"at_seconds"`
+	Arrivals    int     `json:"arrivals"`
+	MaxInFlight int     `json:"max_in_flight"`
+	MaxInWindow int     `json:"max_in_window"`
 }
 
 // LimitReport describes the enforced Limit in a Report.

@@ -21,6 +21,9 @@
 //     test ends. Fault tests use it: [Server.Pause], [Server.Unpause] and
 //     [Server.Restart] are refused on the shared server.
 //   - [NewCluster] returns a 3-master Redis Cluster of its own for one test.
+//   - [NewSentinel] returns a primary, a replica and three Sentinels of its
+//     own for one test; [Sentinel.KillPrimary] and [Sentinel.WaitFailover]
+//     drive a failover.
 //   - [Budget] returns a unique budget name for the test (no braces, so it can
 //     be a hash tag).
 //   - [CommandStats], [ResetStats] and [KeysWithoutTTL] inspect a standalone
@@ -42,8 +45,9 @@
 // When none works the test is skipped, or fails if SLUICE_REQUIRE_DOCKER is
 // set. With SLUICE_REQUIRE_DOCKER set (as in CI) only Docker is used for
 // [New] and [NewIsolated], so nothing silently skips or runs elsewhere.
-// [NewCluster] always uses redis-server processes; when redis-server is
-// missing it skips, or fails with SLUICE_REQUIRE_DOCKER set.
+// [NewCluster] and [NewSentinel] always use processes (redis-server, and
+// redis-sentinel for the latter); when one is missing they skip, or fail
+// with SLUICE_REQUIRE_DOCKER set.
 //
 // A test binary that is killed (e.g. by -timeout) leaves its containers
 // behind; .ci/run removes them. Child processes die with the binary (Linux).

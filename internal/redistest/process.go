@@ -16,6 +16,7 @@ import (
 
 // process is a redis-server child process listening on 127.0.0.1:port.
 type process struct {
+	bin    string // redis-server or redis-sentinel
 	port   int
 	dir    string // working directory, holds redis.log (and nodes.conf)
 	ownDir bool   // dir was made here and is removed on terminate
@@ -26,10 +27,14 @@ type process struct {
 	done chan struct{} // closed when cmd has exited
 }
 
-// processOptions tell startProcess how to make a cluster node.
+// processOptions tell startProcess how to make a cluster node, a replica or
+// a Sentinel.
 type processOptions struct {
-	dir     string // "" makes (and later removes) a temporary directory
-	cluster bool   // cluster-enabled, with a free cluster bus port at port+10000
+	dir     string   // "" makes (and later removes) a temporary directory
+	cluster bool     // cluster-enabled, with a free cluster bus port at port+10000
+	bin     string   // "" is redis-server
+	conf    string   // a config file, the first argument (redis-sentinel needs one)
+	extra   []string // more arguments, after the usual ones
 }
 
 // startProcess starts redis-server on a free loopback port, without
@@ -39,11 +44,15 @@ func startProcess(ctx context.Context, opts *processOptions) (*process, error) {
 	if opts == nil {
 		opts = &processOptions{}
 	}
-	bin, err := exec.LookPath("redis-server")
+	name := opts.bin
+	if name == "" {
+		name = "redis-server"
+	}
+	bin, err := exec.LookPath(name)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errNoBackend, err)
 	}
-	p := &process{dir: opts.dir}
+	p := &process{bin: name, dir: opts.dir}
 	if p.dir == "" {
 		if p.dir, err = os.MkdirTemp("", "redistest-"); err != nil {
 			return nil, err
@@ -63,12 +72,16 @@ func startProcess(ctx context.Context, opts *processOptions) (*process, error) {
 			"--port", strconv.Itoa(p.port), "--bind", "127.0.0.1",
 			"--save", "", "--appendonly", "no", "--dir", p.dir,
 		}
+		if opts.conf != "" {
+			p.args = append([]string{opts.conf}, p.args...)
+		}
 		if opts.cluster {
 			// Redis 6 has no --cluster-port: the bus is always port+10000.
 			p.args = append(p.args, "--cluster-enabled", "yes",
 				"--cluster-config-file", filepath.Join(p.dir, "nodes-"+strconv.Itoa(p.port)+".conf"),
 				"--cluster-node-timeout", "5000")
 		}
+		p.args = append(p.args, opts.extra...)
 		err = p.run(ctx, bin)
 		if err == nil {
 			return p, nil
@@ -92,7 +105,7 @@ func (p *process) run(ctx context.Context, bin string) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("redistest: starting redis-server: %w", err)
+		return fmt.Errorf("redistest: starting %s: %w", p.bin, err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
@@ -103,14 +116,14 @@ func (p *process) run(ctx context.Context, bin string) error {
 	exited := func() error {
 		select {
 		case <-done:
-			return errors.New("redis-server exited")
+			return errors.New(p.bin + " exited")
 		default:
 			return nil
 		}
 	}
 	if err := waitPing(ctx, p.addr(), exited); err != nil {
 		p.kill()
-		return fmt.Errorf("redistest: redis-server %v: %w\n%s", p.args, err, p.log())
+		return fmt.Errorf("redistest: %s %v: %w\n%s", p.bin, p.args, err, p.log())
 	}
 	return nil
 }
@@ -161,7 +174,7 @@ func (p *process) unpause(context.Context) error { return p.signal(syscall.SIGCO
 // the same port (redis-server binds with SO_REUSEADDR).
 func (p *process) restart(ctx context.Context) error {
 	p.kill()
-	bin, err := exec.LookPath("redis-server")
+	bin, err := exec.LookPath(p.bin)
 	if err != nil {
 		return err
 	}
