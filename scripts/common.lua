@@ -57,8 +57,9 @@ end
 
 -- Serve the queue: while a slot is free, grant it to the head of the queue
 -- (with a token, when the budget has a rate) and hand it over on the channel
--- of the one replica that owns the head ("<id>=<grant time>"), so the slot
--- is never idle while that replica asks. (The message names the waiter
+-- of the one replica that owns the head ("<id>=<grant time>"): the slot is
+-- reserved for it at once, for half a waiter TTL until its replica confirms
+-- it with a renewal. (The message names the waiter
 -- without its replica's part, and the time in hex: every byte is sent once
 -- per admission.) A head whose replica's heartbeat
 -- has expired is dead: it is dropped and the next one served. A head that
@@ -80,6 +81,11 @@ local function serve(st, holders, quiet, nudge)
     if alive < st.now then
       redis.call('ZREM', st.queue, head)
       changed = true
+    elseif not quiet[head] and alive < st.now + math.floor(st.waiter_ttl / 2) then
+      -- Its replica has missed a heartbeat or two: it may have died. Hand
+      -- it nothing until it beats again (or is dropped as dead); the next
+      -- keepalive round of any replica serves again.
+      break
     else
       if st.interval > 0 then
         local new_tat, allow_at = gcra(st.bucket, st.now, st.interval, st.burst, 1)
@@ -91,9 +97,15 @@ local function serve(st, holders, quiet, nudge)
         end
         gcra_store(st.bucket, st.now, new_tat)
       end
-      redis.call('ZADD', st.leases, st.now + st.lease_ttl, head)
       redis.call('ZREM', st.queue, head)
-      if not quiet[head] then
+      if quiet[head] then
+        -- A caller of this very script: it gets the answer now.
+        redis.call('ZADD', st.leases, st.now + st.lease_ttl, head)
+      else
+        -- Handed over with a short life, which its replica confirms (a
+        -- renewal) when the message arrives: a slot handed to a replica
+        -- that has just died comes back within it, not a whole lease TTL.
+        redis.call('ZADD', st.leases, st.now + math.min(st.lease_ttl, math.floor(st.waiter_ttl / 2)), head)
         redis.call(st.pub, st.wake_prefix .. rep, local_id .. '=' .. string.format('%x', st.now))
       end
       holders = holders + 1

@@ -254,7 +254,6 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 	// sent: a request with this id may have reached Redis, so leaving must
 	// withdraw it; an id that never left this process needs nothing.
 	sent := false
-	var queuedSent time.Time // when the latest call answered "queued" was sent
 	leave := func() {
 		if sent {
 			s.withdraw(id)
@@ -333,8 +332,7 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 			return nil, ErrNotAcquired // never queued (a try is answered busy)
 		}
 		s.markQueued(id)
-		queuedSent = start
-		if l, err := s.handedOver(id, w, queuedSent); l != nil || err != nil {
+		if l, err := s.handedOver(ctx, id, w); l != nil || err != nil {
 			if err != nil {
 				leave()
 			}
@@ -364,7 +362,7 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 			leave()
 			return nil, ErrClosed
 		}
-		if l, err := s.handedOver(id, w, queuedSent); l != nil || err != nil {
+		if l, err := s.handedOver(ctx, id, w); l != nil || err != nil {
 			if err != nil {
 				leave()
 			}
@@ -374,11 +372,12 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 }
 
 // handedOver returns the lease of a slot handed over to waiter id, if one
-// was. The grant ran after the call answered "queued", so the lease's life
-// is counted from when that call was sent. When that leaves less than half a
-// TTL (a long wait), it returns nil: the caller asks again, and Redis
-// answers with the life the lease has left.
-func (s *Semaphore) handedOver(id string, w *waiter, queuedSent time.Time) (*Lease, error) {
+// was. Redis reserved it for a short while only (so that a slot handed to a
+// replica that just died comes back soon): it is confirmed here with a
+// renewal, and the lease's life counted from when that was sent. A slot
+// whose reservation ran out first is gone: the caller asks again (and queues
+// again).
+func (s *Semaphore) handedOver(ctx context.Context, id string, w *waiter) (*Lease, error) {
 	s.mu.Lock()
 	at := w.handedAt
 	w.handedAt = 0
@@ -386,11 +385,21 @@ func (s *Semaphore) handedOver(id string, w *waiter, queuedSent time.Time) (*Lea
 	if at == 0 {
 		return nil, nil
 	}
-	res := redisstate.AcquireReply{Status: redisstate.Granted, Left: s.opt.LeaseTTL, GrantedAt: at}
-	if time.Until(s.validUntil(queuedSent, res.Left)) < s.opt.LeaseTTL/2 {
+	sent := time.Now()
+	lost, _, err := s.st.Keepalive(ctx, s.rdb, "", []string{id})
+	if err != nil {
+		switch {
+		case errors.Is(ctx.Err(), context.Canceled):
+			return nil, ctx.Err()
+		case ctx.Err() != nil:
+			return nil, ctxError(ctx)
+		}
+		return nil, fmt.Errorf("%w: acquire: confirming a handed-over slot: %w", ErrUnavailable, err)
+	}
+	if len(lost) > 0 {
 		return nil, nil
 	}
-	l, ok := s.newLease(id, queuedSent, res)
+	l, ok := s.newLease(id, sent, redisstate.AcquireReply{Status: redisstate.Granted, Left: s.opt.LeaseTTL, GrantedAt: at})
 	if !ok {
 		return nil, ErrClosed
 	}

@@ -249,3 +249,44 @@ func TestKeepalive(t *testing.T) {
 		t.Fatalf("keys without TTL: %v %v", keys, err)
 	}
 }
+
+// A slot handed over to a waiter is reserved for half a waiter TTL only:
+// confirmed by a renewal it lives a whole lease TTL; unconfirmed (its
+// replica died after its last heartbeat) it comes back soon, not a lease TTL
+// later.
+func TestHandOffIsConfirmedOrComesBack(t *testing.T) {
+	e := newEnv(t)
+	e.sem.WaiterTTL = 400 * time.Millisecond
+	ctx := context.Background()
+	for _, confirm := range []bool{true, false} {
+		h, w := "h.1", "w.1"
+		if !confirm {
+			h, w = "h.2", "w.2"
+		}
+		if r := e.acquire(h, false); r.Status != Granted {
+			t.Fatal(r)
+		}
+		if r := e.acquire(w, false); r.Status != Queued {
+			t.Fatal(r)
+		}
+		e.release(h)
+		e.want([]string{w}, nil)
+		if confirm {
+			if lost, _, err := e.sem.Keepalive(ctx, e.rdb, "", []string{w}); err != nil || len(lost) > 0 {
+				t.Fatalf("confirm: lost %v, %v", lost, err)
+			}
+			exp, _ := e.rdb.ZScore(ctx, e.sem.Keys.Leases, w).Result()
+			now, _ := e.rdb.Time(ctx).Result()
+			if left := time.Duration(int64(exp)-now.UnixMicro()) * time.Microsecond; left < e.sem.LeaseTTL-time.Second {
+				t.Fatalf("confirmed hand-off has %v left, want a lease TTL", left)
+			}
+			e.release(w)
+			continue
+		}
+		time.Sleep(e.sem.WaiterTTL/2 + 50*time.Millisecond)
+		if r := e.acquire("n.1", false); r.Status != Granted {
+			t.Fatalf("newcomer %+v: the unconfirmed hand-off still holds the slot", r)
+		}
+		e.want([]string{"n.1"}, nil)
+	}
+}
