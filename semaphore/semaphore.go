@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -126,8 +127,9 @@ type Semaphore struct {
 	st      redisstate.Semaphore
 	replica string // this Semaphore's id in Redis; prefix of its lease ids
 
-	acq *batcher[redisstate.AcquireRequest, redisstate.AcquireReply]
-	rel *batcher[[]string, struct{}]
+	acq  *batcher[redisstate.AcquireRequest, redisstate.AcquireReply]
+	rel  *batcher[[]string, struct{}]
+	conf *batcher[string, bool] // confirms handed-over slots: true if still ours
 
 	mu      sync.Mutex
 	waiters map[string]*waiter
@@ -183,6 +185,8 @@ func New(rdb redis.UniversalClient, budget string, opt Options) (*Semaphore, err
 	s.acq = &batcher[redisstate.AcquireRequest, redisstate.AcquireReply]{run: s.acquireBatch, timeout: acquireTimeout,
 		abandoned: func(r redisstate.AcquireRequest) { s.withdraw(r.ID) }}
 	s.rel = &batcher[[]string, struct{}]{run: s.releaseBatch, timeout: opt.CleanupTimeout}
+	s.conf = &batcher[string, bool]{run: s.confirmBatch, timeout: acquireTimeout,
+		abandoned: func(id string) { s.withdraw(id) }}
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	s.sub.init(ctx, rdb, s.st.Keys.WakeChannel(s.replica), s.st.Sharded)
@@ -374,7 +378,8 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 // handedOver returns the lease of a slot handed over to waiter id, if one
 // was. Redis reserved it for a short while only (so that a slot handed to a
 // replica that just died comes back soon): it is confirmed here with a
-// renewal, and the lease's life counted from when that was sent. A slot
+// renewal (the confirms of a replica's waiters share calls, like acquires),
+// and the lease's life counted from when that was sent. A slot
 // whose reservation ran out first is gone: the caller asks again (and queues
 // again).
 func (s *Semaphore) handedOver(ctx context.Context, id string, w *waiter) (*Lease, error) {
@@ -386,7 +391,13 @@ func (s *Semaphore) handedOver(ctx context.Context, id string, w *waiter) (*Leas
 		return nil, nil
 	}
 	sent := time.Now()
-	lost, _, err := s.st.Keepalive(ctx, s.rdb, "", []string{id})
+	ours, err := s.conf.do(ctx, id)
+	if errors.Is(err, errNotSent) || errors.Is(err, errLeft) {
+		// Left before the answer: the caller withdraws the slot (and
+		// the batcher again once an in-flight confirm is answered, so a
+		// confirm cannot outlive the withdrawal).
+		return nil, ctxError(ctx)
+	}
 	if err != nil {
 		switch {
 		case errors.Is(ctx.Err(), context.Canceled):
@@ -396,7 +407,7 @@ func (s *Semaphore) handedOver(ctx context.Context, id string, w *waiter) (*Leas
 		}
 		return nil, fmt.Errorf("%w: acquire: confirming a handed-over slot: %w", ErrUnavailable, err)
 	}
-	if len(lost) > 0 {
+	if !ours {
 		return nil, nil
 	}
 	l, ok := s.newLease(id, sent, redisstate.AcquireReply{Status: redisstate.Granted, Left: s.opt.LeaseTTL, GrantedAt: at})
@@ -450,6 +461,20 @@ func (s *Semaphore) release(ctx context.Context, ids ...string) error {
 // acquireBatch runs acquire.lua for a batch.
 func (s *Semaphore) acquireBatch(ctx context.Context, reqs []redisstate.AcquireRequest) ([]redisstate.AcquireReply, error) {
 	return s.st.Acquire(ctx, s.rdb, reqs)
+}
+
+// confirmBatch renews the slots handed over to a batch of waiters; true for
+// each that is still theirs.
+func (s *Semaphore) confirmBatch(ctx context.Context, ids []string) ([]bool, error) {
+	lost, _, err := s.st.Keepalive(ctx, s.rdb, "", ids)
+	if err != nil {
+		return nil, err
+	}
+	ours := make([]bool, len(ids))
+	for i, id := range ids {
+		ours[i] = !slices.Contains(lost, id)
+	}
+	return ours, nil
 }
 
 // releaseBatch runs release.lua for the ids of a batch of callers.
