@@ -2,6 +2,10 @@ package server
 
 import (
 	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/semaphore"
 )
@@ -35,7 +39,7 @@ type Lease interface {
 	// Held reports whether the lease is still held, conservatively.
 	Held() bool
 	// Release gives the slot back. It is idempotent and shielded: it runs
-	// even when ctx is already cancelled.
+	// even when ctx is already cancelled, with its own short deadline.
 	Release(ctx context.Context) error
 }
 
@@ -48,3 +52,65 @@ var ErrQueueTimeout = semaphore.ErrQueueTimeout
 // (unreachable, failing, not answering in time), also together with
 // ErrQueueTimeout. It is the semaphore's own sentinel.
 var ErrUnavailable = semaphore.ErrUnavailable
+
+// semaphoreAdmitter is the Admitter of sluice serve: the cluster lease
+// semaphore of package semaphore, whose Acquire also takes a token of the
+// budget's bucket in the same script.
+type semaphoreAdmitter struct{ *semaphore.Semaphore }
+
+func newSemaphoreAdmitter(rdb redis.UniversalClient, cfg Config) (Admitter, error) {
+	sem, err := semaphore.New(rdb, cfg.Budget, semaphore.Options{Size: cfg.Concurrency, LeaseTTL: cfg.LeaseTTL, Rate: cfg.Rate})
+	if err != nil {
+		return nil, err
+	}
+	return semaphoreAdmitter{sem}, nil
+}
+
+// Acquire returns the semaphore's lease as a Lease (and a nil interface on
+// error, not a typed nil).
+func (a semaphoreAdmitter) Acquire(ctx context.Context) (Lease, error) {
+	l, err := a.Semaphore.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// admit takes a token and a slot within the queue deadline. The admitter's
+// outcomes are complete, so this only sorts them: the request ended, the
+// store failed, or the queue deadline passed.
+func (s *Server) admit(ctx context.Context, rec *record) (Lease, *failure) {
+	qctx, cancel := context.WithTimeout(ctx, s.cfg.QueueTimeout)
+	defer cancel()
+	start := time.Now()
+	lease, err := s.adm.Acquire(qctx)
+	wait := time.Since(start)
+	rec.queueWait += wait
+	s.metrics.queueWait.Observe(wait.Seconds())
+	switch {
+	case err == nil:
+		s.metrics.admissions.WithLabelValues("admitted").Inc()
+		return lease, nil
+	case ctx.Err() != nil:
+		s.metrics.admissions.WithLabelValues("canceled").Inc()
+		return nil, &failure{answer: endedAnswer(ctx)}
+	case errors.Is(err, ErrUnavailable):
+		// The store failed, or did not answer a call before the deadline.
+		// (A store that goes silent while a request only waits shows as a
+		// queue timeout: 503 all the same, and /readyz turns red.)
+		return nil, s.storeFailed(rec, err)
+	case errors.Is(err, ErrQueueTimeout):
+		s.metrics.admissions.WithLabelValues("queue_timeout").Inc()
+		return nil, &failure{answer: errQueueTimeout(s.cfg.QueueTimeout)}
+	default:
+		return nil, s.storeFailed(rec, err)
+	}
+}
+
+// storeFailed fails a request closed because the store did not answer.
+func (s *Server) storeFailed(rec *record, err error) *failure {
+	s.metrics.admissions.WithLabelValues("error").Inc()
+	s.metrics.redisErrors.WithLabelValues("admit").Inc()
+	s.log.Warn("admission failed: failing closed", "request_id", rec.requestID, "error", err)
+	return &failure{answer: errBackend(s.cfg.QueueTimeout)}
+}

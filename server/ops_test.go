@@ -34,6 +34,7 @@ func metricValue(t *testing.T, h *harness, series string) string {
 
 func TestHealthAndReadiness(t *testing.T) {
 	h := newHarness(t, nil, nil)
+	h.srv.ready.ttl = 0 // every probe checks
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get(h.gw.URL + path)
 		if err != nil {

@@ -20,15 +20,19 @@ import (
 // the vendor through the stack of the package documentation. It is an
 // http.Handler; Serve runs it on a listener with graceful shutdown.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	echo    *echo.Echo
-	rdb     redis.UniversalClient
-	adm     Admitter
-	users   *limiter.KeyLimiter // nil: no per-user limit
-	keys    [][sha256.Size]byte // digests of the client keys; none: no auth
-	client  *http.Client
-	metrics *metrics
+	cfg   Config
+	log   *slog.Logger
+	echo  *echo.Echo
+	rdb   redis.UniversalClient
+	adm   Admitter
+	users *limiter.KeyLimiter // nil: no per-user limit
+	keys  [][sha256.Size]byte // digests of the client keys; none: no auth
+	// idSecret keys the HMAC of client ids (see clientID).
+	idSecret []byte
+	load     *loadCaps
+	client   *http.Client
+	metrics  *metrics
+	ready    readiness
 	// sleep waits between attempts; tests replace it to observe backoffs.
 	sleep func(ctx context.Context, d time.Duration) error
 	// work counts requests in progress and background work on the store
@@ -69,7 +73,10 @@ func New(cfg Config, opt Options) (*Server, error) {
 		client:  &http.Client{Transport: newTransport(cfg), CheckRedirect: noRedirects},
 		metrics: newMetrics(),
 		sleep:   sleepCtx,
+		load:    newLoad(cfg),
 	}
+	s.ready.ttl = readyFor
+	s.idSecret = idSecret(cfg)
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -94,19 +101,12 @@ func New(cfg Config, opt Options) (*Server, error) {
 	return s, nil
 }
 
-// noRedirects passes a vendor redirect to the client instead of following
-// it: following would be a vendor call the budget never admitted.
-func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-
 // routes builds the Echo application, its middleware in the order of the
 // stack.
 func (s *Server) routes() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	e.IPExtractor = echo.ExtractIPDirect()
-	if s.cfg.TrustProxy {
-		e.IPExtractor = echo.ExtractIPFromXFFHeader() // trusts loopback and private-network proxies
-	}
+	e.IPExtractor = func(r *http.Request) string { return s.clientAddr(r).String() }
 	// observe answers every error below it; this only keeps Echo's own
 	// error format out, should an error ever come from above it.
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
@@ -114,10 +114,30 @@ func (s *Server) routes() *echo.Echo {
 		writeError(c, ae)
 	}
 	e.Use(requestID, s.observe, s.recoverPanic)
+	if s.cfg.OpsListen == "" {
+		s.opsRoutes(e)
+	}
+	e.Match(proxiedMethods, "/v1/*", s.proxy, s.limitBody, s.authenticate, s.limitLoad, s.limitUser, s.deadline)
+	return e
+}
+
+// opsRoutes adds the routes of operators: probes and metrics.
+func (s *Server) opsRoutes(e *echo.Echo) {
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(s.metrics.handler()))
-	e.Match(proxiedMethods, "/v1/*", s.proxy, s.limitBody, s.authenticate, s.limitUser, s.deadline)
+}
+
+// opsHandler serves the routes of operators alone, for SLUICE_OPS_LISTEN.
+func (s *Server) opsHandler() http.Handler {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = func(err error, c echo.Context) {
+		ae, _ := asAPIError(err)
+		writeError(c, ae)
+	}
+	e.Use(requestID, s.observe, s.recoverPanic)
+	s.opsRoutes(e)
 	return e
 }
 
@@ -137,20 +157,49 @@ func (s *Server) healthz(c echo.Context) error {
 }
 
 // readyz is red while the store is unreachable or its scripts fail, and
-// turns green again by itself when it recovers.
+// turns green again by itself when it recovers. The answer is cached for
+// readyFor: probes, however many, cost the shared store a few commands a
+// second at most.
 func (s *Server) readyz(c echo.Context) error {
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
-	defer cancel()
-	err := s.rdb.Ping(ctx).Err()
-	if err == nil {
-		err = s.adm.Check(ctx)
-	}
-	if err != nil {
-		s.metrics.redisErrors.WithLabelValues("ready").Inc()
-		s.log.Warn("not ready", "error", err)
+	if err := s.ready.check(func() error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), 2*time.Second)
+		defer cancel()
+		err := s.rdb.Ping(ctx).Err()
+		if err == nil {
+			err = s.adm.Check(ctx)
+		}
+		if err != nil {
+			s.metrics.redisErrors.WithLabelValues("ready").Inc()
+			s.log.Warn("not ready", "error", err)
+		}
+		return err
+	}); err != nil {
 		return errNotReady
 	}
 	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// readyFor is how long a readiness answer is reused.
+const readyFor = time.Second
+
+// readiness caches the last readiness check; one check runs at a time and
+// the probes that arrive meanwhile share its answer.
+type readiness struct {
+	ttl  time.Duration // readyFor; tests set 0
+	mu   sync.Mutex
+	at   time.Time
+	last error
+}
+
+func (r *readiness) check(probe func() error) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.at.IsZero() && time.Since(r.at) < r.ttl {
+		return r.last
+	}
+	r.last = probe()
+	r.at = time.Now()
+	return r.last
 }
 
 // errShutdownCut is the cause of the context of a request that the
@@ -175,16 +224,19 @@ const cutWait = 2 * time.Second
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	base, cut := context.WithCancelCause(context.Background())
 	defer cut(nil)
+	lim := newConnLimit(ln, s.cfg.MaxConns, s.metrics)
 	hs := &http.Server{
 		Handler:           s,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       s.cfg.RequestTimeout, // a body must arrive within the SLA
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ConnState:         lim.connState,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
+	go func() { served <- hs.Serve(lim) }()
 	select {
 	case err := <-served:
 		return errors.Join(err, s.Close())
@@ -238,12 +290,31 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	listen := cfg.Listen
+	if len(cfg.APIKeys) == 0 && !cfg.AllowNoAuth && !isLoopback(listen) {
+		// An open relay on the network spends the vendor key for anyone.
+		_, port, _ := net.SplitHostPort(listen)
+		listen = net.JoinHostPort("127.0.0.1", port)
+		log.Warn("SLUICE_API_KEYS is unset: listening on loopback only; set SLUICE_API_KEYS, or SLUICE_ALLOW_NO_AUTH=true to serve the network without auth",
+			"listen", listen)
+	} else if len(cfg.APIKeys) == 0 {
+		log.Warn("SLUICE_API_KEYS is unset: clients are not authenticated; the per-client limits are per client IP")
+	}
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return errors.Join(err, s.Close())
 	}
-	if len(cfg.APIKeys) == 0 {
-		log.Warn("SLUICE_API_KEYS is unset: clients are not authenticated; the per-user limit, if any, is per client IP")
+	if cfg.OpsListen != "" {
+		ops, err := net.Listen("tcp", cfg.OpsListen)
+		if err != nil {
+			_ = ln.Close()
+			return errors.Join(err, s.Close())
+		}
+		hs := &http.Server{Handler: s.opsHandler(), ReadHeaderTimeout: readHeaderTimeout, MaxHeaderBytes: maxHeaderBytes,
+			IdleTimeout: cfg.IdleTimeout, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		go func() { _ = hs.Serve(ops) }()
+		defer hs.Close()
+		log.Info("operations listener (/healthz, /readyz, /metrics)", "addr", ops.Addr().String())
 	}
 	log.Info("sluice serve listening",
 		"addr", ln.Addr().String(), "upstream", cfg.UpstreamURL.Redacted(), "budget", cfg.Budget,
