@@ -118,7 +118,16 @@ func TestConfigErrors(t *testing.T) {
 		{"SLUICE_UPSTREAM_URL", "vendor:9000"},
 		{"SLUICE_UPSTREAM_URL", "http://"},
 		{"SLUICE_UPSTREAM_URL", "https://api.openai.com/v1"},
-		{"SLUICE_UPSTREAM_URL", "https://user:pw@api.openai.com"},
+		{"SLUICE_UPSTREAM_URL", "https://user:sk-secret@api.openai.com"},
+		{"SLUICE_UPSTREAM_URL", "https://api.openai.com?api_key=sk-secret"},
+		{"SLUICE_UPSTREAM_URL", "sk-secret"},
+		{"SLUICE_TRUSTED_PROXIES", "10.0.0.0/8,nope"},
+		{"SLUICE_ALLOW_NO_AUTH", "perhaps"},
+		{"SLUICE_MAX_CONNS", "0"},
+		{"SLUICE_IDLE_TIMEOUT", "0s"},
+		{"SLUICE_WRITE_TIMEOUT", "x"},
+		{"SLUICE_MAX_REQUESTS", "-3"},
+		{"SLUICE_CLIENT_MAX_BUFFERED", "1KiB"}, // below SLUICE_MAX_BODY
 		{"SLUICE_RATE", "fast"},
 		{"SLUICE_RATE", "0/s"},
 		{"SLUICE_RATE", "10/fortnight"},
@@ -148,7 +157,7 @@ func TestConfigErrors(t *testing.T) {
 	} {
 		env := map[string]string{"SLUICE_UPSTREAM_URL": "http://v", c.name: c.value}
 		_, err := load(env)
-		if err == nil || !strings.Contains(err.Error(), c.name) || strings.Contains(err.Error(), "\n") {
+		if err == nil || !strings.Contains(err.Error(), c.name) || strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "secret") {
 			t.Errorf("%s=%q: %v", c.name, c.value, err)
 		}
 	}

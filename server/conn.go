@@ -1,6 +1,8 @@
 package server
 
 import (
+	"bytes"
+	"encoding/json"
 	"net"
 	"net/http"
 	"strconv"
@@ -59,9 +61,10 @@ func (l *connLimit) Accept() (net.Conn, error) {
 			_ = victim.Close()
 			l.metrics.connRejections.WithLabelValues("idle_closed").Inc()
 		}
-		l.conns[c] = &connInfo{since: time.Now()}
+		sc := &shapedConn{Conn: c}
+		l.conns[sc] = &connInfo{since: time.Now()}
 		l.mu.Unlock()
-		return c, nil
+		return sc, nil
 	}
 }
 
@@ -105,4 +108,48 @@ func refuse(c net.Conn) {
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = c.Write(refusal)
 	_ = c.Close()
+}
+
+// netHTTPErrorHeaders follow the status line of the answers net/http writes
+// itself, before any handler runs, to a request it cannot parse (431 for
+// too many header bytes, 400, 501 for an unknown transfer encoding).
+const netHTTPErrorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+
+// shapedConn is a connection to a client whose net/http-made error answers
+// are rewritten in the OpenAI error shape, like every other answer of the
+// gateway. net/http writes each of them whole, in one Write, straight to the
+// connection.
+type shapedConn struct{ net.Conn }
+
+func (c *shapedConn) Write(p []byte) (int, error) {
+	if !bytes.HasPrefix(p, []byte("HTTP/1.1 ")) || len(p) < 12 {
+		return c.Conn.Write(p)
+	}
+	line, _, ok := bytes.Cut(p, []byte(netHTTPErrorHeaders))
+	if !ok || bytes.ContainsAny(line, "\r\n") {
+		return c.Conn.Write(p)
+	}
+	if _, err := c.Conn.Write(shapeNetHTTPError(string(line[9:12]))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// shapeNetHTTPError is the answer for one of net/http's own error statuses.
+func shapeNetHTTPError(code string) []byte {
+	var e errorBody
+	e.Error.Type = "invalid_request_error"
+	switch code {
+	case "431":
+		e.Error.Code, e.Error.Message = "request_header_fields_too_large", "the request headers are larger than this gateway accepts"
+	case "501":
+		e.Error.Code, e.Error.Message = "unsupported_transfer_encoding", "the request's transfer encoding is not supported"
+	default:
+		code = "400"
+		e.Error.Code, e.Error.Message = "malformed_request", "the request is not valid HTTP/1.1"
+	}
+	body, _ := json.Marshal(e)
+	n, _ := strconv.Atoi(code)
+	return []byte("HTTP/1.1 " + code + " " + http.StatusText(n) + "\r\nContent-Type: application/json\r\nConnection: close\r\n" +
+		"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + string(body))
 }

@@ -38,6 +38,7 @@ type fakeAdmitter struct {
 	lostNext bool    // the next lease is lost on arrival
 	panics   bool    // Acquire panics
 	checkErr error
+	checks   int
 	held     int
 	acquires int
 	leases   map[*fakeLease]bool
@@ -94,6 +95,7 @@ func (a *fakeAdmitter) Acquire(ctx context.Context) (Lease, error) {
 func (a *fakeAdmitter) Check(context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.checks++
 	return a.checkErr
 }
 

@@ -276,6 +276,20 @@ func (s *Server) Close() error {
 	return s.closeErr
 }
 
+// bindAddr is the address to listen on: SLUICE_LISTEN, but on loopback only
+// when there are no client keys and SLUICE_ALLOW_NO_AUTH is not set, for an
+// open relay on the network would spend the vendor key for anyone.
+func bindAddr(cfg Config) string {
+	if len(cfg.APIKeys) > 0 || cfg.AllowNoAuth || isLoopback(cfg.Listen) {
+		return cfg.Listen
+	}
+	_, port, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return cfg.Listen // net.Listen says what is wrong with it
+	}
+	return net.JoinHostPort("127.0.0.1", port)
+}
+
 // Run is sluice serve: it opens Redis (or the embedded one), builds the
 // gateway, listens on cfg.Listen and serves until ctx ends (SIGTERM), then
 // shuts down gracefully and releases every lease.
@@ -290,14 +304,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	listen := cfg.Listen
-	if len(cfg.APIKeys) == 0 && !cfg.AllowNoAuth && !isLoopback(listen) {
-		// An open relay on the network spends the vendor key for anyone.
-		_, port, _ := net.SplitHostPort(listen)
-		listen = net.JoinHostPort("127.0.0.1", port)
+	listen := bindAddr(cfg)
+	switch {
+	case listen != cfg.Listen:
 		log.Warn("SLUICE_API_KEYS is unset: listening on loopback only; set SLUICE_API_KEYS, or SLUICE_ALLOW_NO_AUTH=true to serve the network without auth",
 			"listen", listen)
-	} else if len(cfg.APIKeys) == 0 {
+	case len(cfg.APIKeys) == 0:
 		log.Warn("SLUICE_API_KEYS is unset: clients are not authenticated; the per-client limits are per client IP")
 	}
 	ln, err := net.Listen("tcp", listen)
