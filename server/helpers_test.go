@@ -193,7 +193,7 @@ func hang(w http.ResponseWriter, r *http.Request) {
 // (newRealHarness). It checks, whatever the test, that the vendor is only
 // called while a lease is held and that no backoff sleep holds one.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *Server
 	gw     *httptest.Server
 	vendor *httptest.Server
@@ -231,7 +231,7 @@ var testEnv = map[string]string{
 const vendorKey = "vendor-secret-key"
 
 // testConfig is testEnv plus env, with a placeholder upstream.
-func testConfig(t *testing.T, env map[string]string) Config {
+func testConfig(t testing.TB, env map[string]string) Config {
 	t.Helper()
 	vars := map[string]string{"SLUICE_UPSTREAM_URL": "http://vendor.invalid"}
 	maps.Copy(vars, testEnv)
@@ -245,7 +245,7 @@ func testConfig(t *testing.T, env map[string]string) Config {
 
 // newHarness starts vendor (nil: 200 {"ok":true}) behind a gateway
 // configured by testEnv plus env, with a fake admitter and miniredis.
-func newHarness(t *testing.T, vendor http.HandlerFunc, env map[string]string) *harness {
+func newHarness(t testing.TB, vendor http.HandlerFunc, env map[string]string) *harness {
 	t.Helper()
 	cfg := testConfig(t, env)
 	h := &harness{t: t, adm: newFakeAdmitter(cfg.Concurrency), redis: miniredis.RunT(t)}
