@@ -16,7 +16,7 @@ import (
 // authenticate checks the client's bearer key against SLUICE_API_KEYS, in
 // constant time, and sets the client's identity: the HMAC of its key, or
 // without auth its address (see clientAddr).
-func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
+func (s *gateway) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		rec := recordOf(c)
 		if len(s.keys) == 0 {
@@ -38,7 +38,7 @@ func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 
 // validKey compares the SHA-256 of key with the digest of every accepted key,
 // without stopping at a match, so the time taken says nothing about the keys.
-func (s *Server) validKey(key string) bool {
+func (s *gateway) validKey(key string) bool {
 	sum := sha256.Sum256([]byte(key))
 	match := 0
 	for _, k := range s.keys {
@@ -50,7 +50,7 @@ func (s *Server) validKey(key string) bool {
 // clientID is the id of a client key in logs and Redis key names: 64 bits
 // of its HMAC-SHA-256 under the deployment's secret. Without the secret a
 // log reader cannot test guesses of a weak key against it.
-func (s *Server) clientID(key string) string {
+func (s *gateway) clientID(key string) string {
 	m := hmac.New(sha256.New, s.idSecret)
 	m.Write([]byte(key))
 	return hex.EncodeToString(m.Sum(nil)[:8])
@@ -82,7 +82,7 @@ func idSecret(cfg Config) []byte {
 // hop not in a trusted network. Hops left of that one were written by the
 // client itself and are ignored. When every hop is trusted, the leftmost
 // one is the client.
-func (s *Server) clientAddr(r *http.Request) netip.Addr {
+func (s *gateway) clientAddr(r *http.Request) netip.Addr {
 	peer, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return netip.Addr{}
@@ -119,7 +119,7 @@ func parseHop(s string) (netip.Addr, error) {
 	return a.Unmap(), err
 }
 
-func (s *Server) trusted(a netip.Addr) bool {
+func (s *gateway) trusted(a netip.Addr) bool {
 	for _, p := range s.cfg.TrustedProxies {
 		if p.Contains(a) {
 			return true

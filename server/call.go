@@ -61,7 +61,7 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 // released) or an open stream (its lease held until respond ends it). Every
 // other way out, a panic included, ends the call and releases the lease on
 // the spot.
-func (s *Server) call(ctx context.Context, lease Lease, out *outbound, rec *record) (*call, *failure) {
+func (s *gateway) call(ctx context.Context, lease vendorLease, out *outbound, rec *record) (*call, *failure) {
 	cl := s.newCall(ctx, lease)
 	streaming := false
 	defer func() {
@@ -136,9 +136,9 @@ func statusClass(code int) string {
 // call is one admitted vendor call: its lease, its context (ending with the
 // request, the call deadline, or the lease), and its answer.
 type call struct {
-	s     *Server
+	s     *gateway
 	ctx   context.Context
-	lease Lease
+	lease vendorLease
 	resp  *http.Response
 	// body is the buffered answer; nil for a stream.
 	body []byte
@@ -160,7 +160,7 @@ type call struct {
 	once   sync.Once
 }
 
-func (s *Server) newCall(ctx context.Context, lease Lease) *call {
+func (s *gateway) newCall(ctx context.Context, lease vendorLease) *call {
 	lctx, cancelLease := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(lease.Context(), func() { cancelLease(errLeaseLost) })
 	cctx, cancelCall := context.WithTimeoutCause(lctx, s.cfg.CallTimeout, errCallDeadline)

@@ -13,7 +13,7 @@ var errRequestDeadline = errors.New("server: request deadline")
 // deadline bounds the whole request, retries and streaming included, by
 // SLUICE_REQUEST_TIMEOUT. The handler answers 504 when the cause of its
 // context's end is errRequestDeadline.
-func (s *Server) deadline(next echo.HandlerFunc) echo.HandlerFunc {
+func (s *gateway) deadline(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		ctx, cancel := context.WithTimeoutCause(c.Request().Context(), s.cfg.RequestTimeout, errRequestDeadline)
 		defer cancel()

@@ -16,7 +16,7 @@
 //	for each attempt (SLUICE_MAX_ATTEMPTS):             retry.go
 //	  queue deadline (SLUICE_QUEUE_TIMEOUT)             503 + Retry-After, never retried
 //	  admission: one token of the cluster bucket AND one slot of the
-//	    cluster lease semaphore, in one script (Admitter)   WAIT, fail closed: 503   admit.go
+//	    cluster lease semaphore, in one script (admitter)   WAIT, fail closed: 503   admit.go
 //	  call deadline (SLUICE_CALL_TIMEOUT), the vendor call's context derived   call.go
 //	    from the request AND the lease; HTTP client with dial, TLS, header,
 //	    idle and per-host limits; no redirects, no SDK, no hidden retries

@@ -118,7 +118,7 @@ func TestRequestHeaderAllowlist(t *testing.T) {
 // TestClientAddr: X-Forwarded-For counts only behind a trusted proxy; the
 // client is the rightmost untrusted hop; IPv6 clients count per /64.
 func TestClientAddr(t *testing.T) {
-	s := &Server{cfg: testConfig(t, map[string]string{"SLUICE_TRUSTED_PROXIES": "10.0.0.0/8,2001:db8:ffff::/48"})}
+	s := &gateway{cfg: testConfig(t, map[string]string{"SLUICE_TRUSTED_PROXIES": "10.0.0.0/8,2001:db8:ffff::/48"})}
 	for _, c := range []struct{ peer, xff, want string }{
 		{"192.0.2.1:5", "", "192.0.2.1"},
 		{"192.0.2.1:5", "198.51.100.7", "192.0.2.1"},                      // untrusted peer: its XFF is ignored

@@ -26,7 +26,7 @@ import (
 	"github.com/sluicehq/sluice/semaphore"
 )
 
-// fakeAdmitter is an in-memory Admitter of size slots. It records how many
+// fakeAdmitter is an in-memory admitter of size slots. It records how many
 // leases are held, so tests can check that the vendor is only called with a
 // lease held and that backoff sleeps happen with none held.
 type fakeAdmitter struct {
@@ -56,7 +56,7 @@ func newFakeAdmitter(size int) *fakeAdmitter {
 	}
 }
 
-func (a *fakeAdmitter) Acquire(ctx context.Context) (Lease, error) {
+func (a *fakeAdmitter) Acquire(ctx context.Context) (vendorLease, error) {
 	a.mu.Lock()
 	a.acquires++
 	var err error
@@ -76,7 +76,7 @@ func (a *fakeAdmitter) Acquire(ctx context.Context) (Lease, error) {
 	case a.slots <- struct{}{}:
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("fake: %w", ErrQueueTimeout)
+			return nil, fmt.Errorf("fake: %w", semaphore.ErrQueueTimeout)
 		}
 		return nil, ctx.Err()
 	}
@@ -194,7 +194,7 @@ func hang(w http.ResponseWriter, r *http.Request) {
 // called while a lease is held and that no backoff sleep holds one.
 type harness struct {
 	t      testing.TB
-	srv    *Server
+	srv    *gateway
 	gw     *httptest.Server
 	vendor *httptest.Server
 	adm    *fakeAdmitter        // newHarness only
@@ -272,7 +272,7 @@ func newRealHarness(t *testing.T, vendor http.HandlerFunc, env map[string]string
 		env["SLUICE_BUDGET"] = redistest.Budget(t)
 	}
 	cfg := testConfig(t, env)
-	rdb, closeRedis, err := OpenRedis(cfg, slog.New(slog.DiscardHandler))
+	rdb, closeRedis, err := openRedis(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func newRealHarness(t *testing.T, vendor http.HandlerFunc, env map[string]string
 	return h
 }
 
-func (h *harness) start(cfg Config, rdb redis.UniversalClient, adm Admitter, vendor http.HandlerFunc) {
+func (h *harness) start(cfg Config, rdb redis.UniversalClient, adm admitter, vendor http.HandlerFunc) {
 	t := h.t
 	h.logs = newSyncBuffer()
 	if vendor == nil {
@@ -311,7 +311,7 @@ func (h *harness) start(cfg Config, rdb redis.UniversalClient, adm Admitter, ven
 	cfg.UpstreamURL, _ = url.Parse(h.vendor.URL)
 	log := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var err error
-	h.srv, err = New(cfg, Options{Redis: rdb, Admitter: adm, Logger: log})
+	h.srv, err = newGateway(cfg, gatewayOptions{Redis: rdb, admitter: adm, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +340,7 @@ func (h *harness) start(cfg Config, rdb redis.UniversalClient, adm Admitter, ven
 }
 
 // graceHeld returns the leases held now through their cancel grace.
-func (s *Server) graceHeld() float64 {
+func (s *gateway) graceHeld() float64 {
 	families, err := s.metrics.reg.Gather()
 	if err != nil {
 		panic(err)

@@ -8,7 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// metrics are the Prometheus metrics of one Server, in a registry of its own
+// metrics are the Prometheus metrics of one gateway, in a registry of its own
 // (several servers in one test process must not collide), with the Go and
 // process collectors beside them.
 type metrics struct {

@@ -93,7 +93,7 @@ func requestID(next echo.HandlerFunc) echo.HandlerFunc {
 // shielded end of every request, it takes no context and cannot be
 // cancelled. A client gone before its answer gets none: its connection is
 // closed (the status 499 is only for the log and the metrics).
-func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
+func (s *gateway) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
 		rec := &record{requestID: c.Response().Header().Get(echo.HeaderXRequestID)}
@@ -163,7 +163,7 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 // recoverPanic turns a panic below it into errInternal (a clean answer, no
 // stack to the client) and logs the stack. Deferred cleanups of the handler,
 // the lease release among them, have run by the time it recovers.
-func (s *Server) recoverPanic(next echo.HandlerFunc) echo.HandlerFunc {
+func (s *gateway) recoverPanic(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) (err error) {
 		defer func() {
 			r := recover()

@@ -123,7 +123,7 @@ func TestPanic(t *testing.T) {
 // panicHeld hands out leases whose Held panics.
 type panicHeld struct{ *fakeAdmitter }
 
-func (p panicHeld) Acquire(ctx context.Context) (Lease, error) {
+func (p panicHeld) Acquire(ctx context.Context) (vendorLease, error) {
 	l, err := p.fakeAdmitter.Acquire(ctx)
 	if err != nil {
 		return nil, err
@@ -131,7 +131,7 @@ func (p panicHeld) Acquire(ctx context.Context) (Lease, error) {
 	return panicLease{l}, nil
 }
 
-type panicLease struct{ Lease }
+type panicLease struct{ vendorLease }
 
 func (panicLease) Held() bool { panic("lease: boom") }
 

@@ -19,7 +19,7 @@ import (
 // limitBody answers 413 for a body declared too large, and makes reading a
 // larger undeclared (chunked) body fail with *http.MaxBytesError, which the
 // handler answers with 413 too.
-func (s *Server) limitBody(next echo.HandlerFunc) echo.HandlerFunc {
+func (s *gateway) limitBody(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		req := c.Request()
 		if req.ContentLength > s.cfg.MaxBody {
@@ -41,7 +41,7 @@ type outbound struct {
 
 // proxy forwards a /v1/* request to the vendor through the rest of the stack
 // (retries, admission, the call) and passes the answer back.
-func (s *Server) proxy(c echo.Context) error {
+func (s *gateway) proxy(c echo.Context) error {
 	req := c.Request()
 	rec := recordOf(c)
 	escaped, ok := forwardPath(req.URL)
@@ -94,7 +94,7 @@ func forwardPath(u *url.URL) (string, bool) {
 
 // upstreamURL is the vendor URL of a client request: the base URL, the
 // client's path as it was escaped, and its query.
-func (s *Server) upstreamURL(client *url.URL, escaped string) string {
+func (s *gateway) upstreamURL(client *url.URL, escaped string) string {
 	u := *s.cfg.UpstreamURL
 	u.RawPath = u.EscapedPath() + escaped
 	u.Path += client.Path
@@ -122,7 +122,7 @@ func forwardHeaders(in http.Header) http.Header {
 // readBody reads the request body whole (every attempt resends it), within
 // the load caps: a declared length is reserved before reading, a chunked
 // body as it grows.
-func (s *Server) readBody(req *http.Request, rec *record) ([]byte, error) {
+func (s *gateway) readBody(req *http.Request, rec *record) ([]byte, error) {
 	if req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 {
 		return nil, nil
 	}

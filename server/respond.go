@@ -37,7 +37,7 @@ const writeChunk = 64 << 10
 
 // respond passes the vendor's answer of a successful attempt to the client,
 // then ends the call (lease released, shielded) whatever happens.
-func (s *Server) respond(c echo.Context, cl *call) error {
+func (s *gateway) respond(c echo.Context, cl *call) error {
 	defer cl.finish()
 	rec := recordOf(c)
 	res := c.Response()
@@ -68,7 +68,7 @@ func (s *Server) respond(c echo.Context, cl *call) error {
 	return nil
 }
 
-// stream passes Server-Sent Events through as they come, one flush per read,
+// stream passes gateway-Sent Events through as they come, one flush per read,
 // while the call (and its lease) stays open. Each write has a short deadline
 // (SLUICE_WRITE_TIMEOUT), never past the call deadline: a client that stops
 // reading cannot hold the vendor slot beyond it. The status is sent first,
@@ -76,7 +76,7 @@ func (s *Server) respond(c echo.Context, cl *call) error {
 // recorded (outcome stream_cut, or the client gone or too slow, or the
 // request deadline) and simply ends. A stream is complete only when the
 // vendor sent its "data: [DONE]" line before the end.
-func (s *Server) stream(c echo.Context, cl *call) error {
+func (s *gateway) stream(c echo.Context, cl *call) error {
 	rec := recordOf(c)
 	rec.stream = true
 	res := c.Response()

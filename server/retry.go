@@ -27,7 +27,7 @@ type failure struct {
 // releases its lease before the backoff sleep, so no slot or token is held
 // while waiting to retry (the seed's non-negotiable rule). It knows nothing
 // of Echo: ctx is the request's, deadline included.
-func (s *Server) forward(ctx context.Context, out *outbound, rec *record) (*call, error) {
+func (s *gateway) forward(ctx context.Context, out *outbound, rec *record) (*call, error) {
 	for attempt := 1; ; attempt++ {
 		rec.attempts = attempt
 		cl, f := s.attempt(ctx, out, rec)
@@ -53,7 +53,7 @@ func (s *Server) forward(ctx context.Context, out *outbound, rec *record) (*call
 }
 
 // attempt is one attempt: admission, then the vendor call.
-func (s *Server) attempt(ctx context.Context, out *outbound, rec *record) (*call, *failure) {
+func (s *gateway) attempt(ctx context.Context, out *outbound, rec *record) (*call, *failure) {
 	lease, f := s.admit(ctx, rec)
 	if f != nil {
 		return nil, f
@@ -81,7 +81,7 @@ func vendorRetryAfter(h http.Header) time.Duration {
 // backoff is the wait after a failed attempt: full jitter, uniform in
 // [0, min(BackoffMax, BackoffBase*2^(attempt-1))], but at least what the
 // vendor asked for.
-func (s *Server) backoff(attempt int, vendorWait time.Duration) time.Duration {
+func (s *gateway) backoff(attempt int, vendorWait time.Duration) time.Duration {
 	ceiling := s.cfg.BackoffBase
 	for i := 1; i < attempt && ceiling < s.cfg.BackoffMax; i++ {
 		ceiling *= 2
@@ -93,7 +93,7 @@ func (s *Server) backoff(attempt int, vendorWait time.Duration) time.Duration {
 // fits reports whether, after sleeping delay, the request deadline still
 // leaves a whole call deadline for another attempt. An attempt that cannot
 // run its course would spend vendor budget on an answer nobody gets.
-func (s *Server) fits(ctx context.Context, delay time.Duration) bool {
+func (s *gateway) fits(ctx context.Context, delay time.Duration) bool {
 	deadline, ok := ctx.Deadline()
 	return !ok || time.Until(deadline)-delay >= s.cfg.CallTimeout
 }

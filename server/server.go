@@ -16,15 +16,15 @@ import (
 	"github.com/sluicehq/sluice/limiter"
 )
 
-// Server is the sluice gateway: an Echo application that forwards /v1/* to
+// gateway is the sluice gateway: an Echo application that forwards /v1/* to
 // the vendor through the stack of the package documentation. It is an
 // http.Handler; Serve runs it on a listener with graceful shutdown.
-type Server struct {
+type gateway struct {
 	cfg   Config
 	log   *slog.Logger
 	echo  *echo.Echo
 	rdb   redis.UniversalClient
-	adm   Admitter
+	adm   admitter
 	users *limiter.KeyLimiter // nil: no per-user limit
 	keys  [][sha256.Size]byte // digests of the client keys; none: no auth
 	// idSecret keys the HMAC of client ids (see clientID).
@@ -44,32 +44,32 @@ type Server struct {
 	closeErr  error
 }
 
-// Options are the collaborators of a Server.
-type Options struct {
+// gatewayOptions are the collaborators of a gateway.
+type gatewayOptions struct {
 	// Redis is the shared store of the per-user limit and of readiness,
-	// and of admission unless Admitter is set. Required.
+	// and of admission unless admitter is set. Required.
 	Redis redis.UniversalClient
-	// Admitter admits vendor calls. Nil: the cluster semaphore with the
+	// admitter admits vendor calls. Nil: the cluster semaphore with the
 	// budget's token bucket, on Redis (package semaphore).
-	Admitter Admitter
+	admitter admitter
 	// Logger receives the JSON access log and warnings. Nil: slog.Default().
 	Logger *slog.Logger
 }
 
-// New returns a gateway for cfg (as LoadConfig returns it). Close it to
+// newGateway returns a gateway for cfg (as LoadConfig returns it). Close it to
 // release its leases.
-func New(cfg Config, opt Options) (*Server, error) {
+func newGateway(cfg Config, opt gatewayOptions) (*gateway, error) {
 	if opt.Redis == nil {
-		return nil, errors.New("server: Options.Redis is required")
+		return nil, errors.New("server: gatewayOptions.Redis is required")
 	}
 	if cfg.UpstreamURL == nil {
 		return nil, errors.New("server: Config.UpstreamURL is required")
 	}
-	s := &Server{
+	s := &gateway{
 		cfg:     cfg,
 		log:     opt.Logger,
 		rdb:     opt.Redis,
-		adm:     opt.Admitter,
+		adm:     opt.admitter,
 		client:  &http.Client{Transport: newTransport(cfg), CheckRedirect: noRedirects},
 		metrics: newMetrics(),
 		sleep:   sleepCtx,
@@ -103,7 +103,7 @@ func New(cfg Config, opt Options) (*Server, error) {
 
 // routes builds the Echo application, its middleware in the order of the
 // stack.
-func (s *Server) routes() *echo.Echo {
+func (s *gateway) routes() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.IPExtractor = func(r *http.Request) string { return s.clientAddr(r).String() }
@@ -122,14 +122,14 @@ func (s *Server) routes() *echo.Echo {
 }
 
 // opsRoutes adds the routes of operators: probes and metrics.
-func (s *Server) opsRoutes(e *echo.Echo) {
+func (s *gateway) opsRoutes(e *echo.Echo) {
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(s.metrics.handler()))
 }
 
 // opsHandler serves the routes of operators alone, for SLUICE_OPS_LISTEN.
-func (s *Server) opsHandler() http.Handler {
+func (s *gateway) opsHandler() http.Handler {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
@@ -146,13 +146,13 @@ func (s *Server) opsHandler() http.Handler {
 var proxiedMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 
 // ServeHTTP serves one request.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (s *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.work.add()
 	defer s.work.done()
 	s.echo.ServeHTTP(w, r)
 }
 
-func (s *Server) healthz(c echo.Context) error {
+func (s *gateway) healthz(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 }
 
@@ -160,7 +160,7 @@ func (s *Server) healthz(c echo.Context) error {
 // turns green again by itself when it recovers. The answer is cached for
 // readyFor: probes, however many, cost the shared store a few commands a
 // second at most.
-func (s *Server) readyz(c echo.Context) error {
+func (s *gateway) readyz(c echo.Context) error {
 	if err := s.ready.check(func() error {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), 2*time.Second)
 		defer cancel()
@@ -218,10 +218,10 @@ const cutWait = 2 * time.Second
 // (cause errShutdownCut), so each answers 503 shutting_down (a stream
 // already under way just ends) and releases its lease; it waits up to
 // cutWait for them, then closes what is left. Only when no request runs
-// and no lease release is under way does it close the Server (the admitter
+// and no lease release is under way does it close the gateway (the admitter
 // releases anything still held), so the caller may then close Redis. It
 // returns nil after a clean shutdown.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+func (s *gateway) Serve(ctx context.Context, ln net.Listener) error {
 	base, cut := context.WithCancelCause(context.Background())
 	defer cut(nil)
 	lim := newConnLimit(ln, s.cfg.MaxConns, s.metrics)
@@ -265,7 +265,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // releases under way, releases every lease the gateway still holds and
 // stops the admitter's background work. It does not close the Redis client,
 // which the caller owns.
-func (s *Server) Close() error {
+func (s *gateway) Close() error {
 	s.closeOnce.Do(func() {
 		if !s.work.wait(cutWait + s.cfg.CancelGrace) {
 			s.log.Warn("closing with requests or lease releases still running; the admitter releases their leases", "count", s.work.count())
@@ -295,12 +295,12 @@ func bindAddr(cfg Config) string {
 // shuts down gracefully and releases every lease.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	redis.SetLogger(redisLogger{log})
-	rdb, closeRedis, err := OpenRedis(cfg, log)
+	rdb, closeRedis, err := openRedis(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer closeRedis()
-	s, err := New(cfg, Options{Redis: rdb, Logger: log})
+	s, err := newGateway(cfg, gatewayOptions{Redis: rdb, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -87,7 +87,7 @@ func (l *loadCaps) leave(client string, buffered int64) {
 
 // limitLoad admits a request against the caps on requests in progress, and
 // gives back what it held (its buffered bytes included) when it ends.
-func (s *Server) limitLoad(next echo.HandlerFunc) echo.HandlerFunc {
+func (s *gateway) limitLoad(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		rec := recordOf(c)
 		if e := s.load.enter(rec.user); e != nil {
@@ -101,7 +101,7 @@ func (s *Server) limitLoad(next echo.HandlerFunc) echo.HandlerFunc {
 
 // reserveBody takes n bytes of the load caps for the body of the request of
 // rec.
-func (s *Server) reserveBody(rec *record, n int64) error {
+func (s *gateway) reserveBody(rec *record, n int64) error {
 	if e := s.load.reserve(rec.user, n); e != nil {
 		s.metrics.loadRejections.WithLabelValues(e.Code).Inc()
 		return e
@@ -112,7 +112,7 @@ func (s *Server) reserveBody(rec *record, n int64) error {
 
 // limitUser applies the per-user REJECT limit (SLUICE_USER_RATE). A store
 // failure fails closed, as admission does.
-func (s *Server) limitUser(next echo.HandlerFunc) echo.HandlerFunc {
+func (s *gateway) limitUser(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		if s.users == nil {
 			return next(c)
