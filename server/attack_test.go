@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	rtmetrics "runtime/metrics"
 	"strings"
 	"sync"
 	"testing"
@@ -66,12 +67,13 @@ func readRawResponse(t *testing.T, c net.Conn) (*http.Response, string) {
 	return resp, string(b)
 }
 
-// heapInUse returns the live heap after a collection.
+// heapInUse returns the heap held by objects after a collection
+// (runtime/metrics).
 func heapInUse() uint64 {
 	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
+	sample := []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	rtmetrics.Read(sample)
+	return sample[0].Value.Uint64()
 }
 
 // TestBodyFloodBoundedMemory: many large bodies that wait in the queue
@@ -267,5 +269,44 @@ func TestVendorAuthFailure(t *testing.T) {
 		if l := h.lastAccess("/v1/chat/completions"); !strings.Contains(fmt.Sprint(l["detail"]), "Incorrect API key") {
 			t.Errorf("%d: the vendor's answer is not in the log: %v", code, l)
 		}
+	}
+}
+
+// TestLoadCaps: past the requests in progress of one client, 429; past those
+// of the replica, 503. Nothing past a cap reaches admission.
+func TestLoadCaps(t *testing.T) {
+	h := newHarness(t, nil, map[string]string{
+		"SLUICE_CONCURRENCY": "1", "SLUICE_QUEUE_TIMEOUT": "30s", "SLUICE_REQUEST_TIMEOUT": "60s",
+		"SLUICE_CLIENT_MAX_REQUESTS": "1", "SLUICE_MAX_REQUESTS": "2",
+		"SLUICE_API_KEYS": "k1,k2,k3",
+	})
+	h.adm.slots <- struct{}{} // every admission waits
+	t.Cleanup(func() { <-h.adm.slots })
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	park := func(key string) {
+		wg.Go(func() {
+			resp, err := func() (*http.Response, error) {
+				req, _ := http.NewRequestWithContext(ctx, "POST", h.gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
+				req.Header.Set("Authorization", "Bearer "+key)
+				return http.DefaultClient.Do(req)
+			}()
+			if err == nil {
+				resp.Body.Close()
+			}
+		})
+		<-h.adm.entered // it waits for admission
+	}
+	park("k1")
+	if e := apiErr(t, h.chat(), 429); e.Error.Code != "too_many_requests_in_progress" {
+		t.Errorf("%+v", e.Error)
+	}
+	park("k2")
+	if e := apiErr(t, h.chat("Authorization", "Bearer k3"), 503); e.Error.Code != "overloaded" {
+		t.Errorf("%+v", e.Error)
+	}
+	if h.adm.Acquires() != 2 {
+		t.Errorf("%d admissions, want the 2 parked requests", h.adm.Acquires())
 	}
 }

@@ -345,8 +345,8 @@ func LoadConfig(lookup func(name string) (string, bool)) (Config, error) {
 	switch {
 	case c.UpstreamURL == nil:
 		return Config{}, errors.New("SLUICE_UPSTREAM_URL is required: the vendor base URL, e.g. https://api.openai.com")
-	case c.MaxBody > c.ClientMaxBuffered:
-		return Config{}, errors.New("invalid SLUICE_MAX_BODY: more than SLUICE_CLIENT_MAX_BUFFERED, so such a body could never be accepted")
+	case c.MaxBody >= c.ClientMaxBuffered:
+		return Config{}, errors.New("invalid SLUICE_MAX_BODY: not less than SLUICE_CLIENT_MAX_BUFFERED, so such a body could never be accepted")
 	case c.ClientMaxBuffered > c.MaxBuffered:
 		return Config{}, errors.New("invalid SLUICE_CLIENT_MAX_BUFFERED: more than SLUICE_MAX_BUFFERED")
 	}

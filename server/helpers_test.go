@@ -32,6 +32,7 @@ import (
 type fakeAdmitter struct {
 	slots    chan struct{}
 	released chan struct{} // one value per Release
+	entered  chan struct{} // one value per Acquire, sent before it waits
 
 	mu       sync.Mutex
 	script   []error // errors of the next Acquire calls, in order; nil = admit
@@ -52,6 +53,7 @@ func newFakeAdmitter(size int) *fakeAdmitter {
 	return &fakeAdmitter{
 		slots:    make(chan struct{}, size),
 		released: make(chan struct{}, 1000),
+		entered:  make(chan struct{}, 1000),
 		leases:   map[*fakeLease]bool{},
 	}
 }
@@ -71,6 +73,10 @@ func (a *fakeAdmitter) Acquire(ctx context.Context) (vendorLease, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	select {
+	case a.entered <- struct{}{}:
+	default:
 	}
 	select {
 	case a.slots <- struct{}{}:

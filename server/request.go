@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -126,20 +125,29 @@ func (s *gateway) readBody(req *http.Request, rec *record) ([]byte, error) {
 	if req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 {
 		return nil, nil
 	}
-	const step = 64 << 10
-	var buf []byte
-	if req.ContentLength > 0 {
-		if err := s.reserveBody(rec, req.ContentLength); err != nil {
+	if n := req.ContentLength; n > 0 { // net/http holds the body to its declared length
+		if err := s.reserveBody(rec, n); err != nil {
 			return nil, err
 		}
-		buf = make([]byte, 0, req.ContentLength)
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(req.Body, buf); err != nil {
+			return nil, bodyReadError(err)
+		}
+		return buf, nil
 	}
+	const step = 64 << 10 // a chunked body is reserved as it grows
+	var buf []byte
 	for {
 		if len(buf) == cap(buf) {
-			if err := s.reserveBody(rec, step); err != nil {
+			// Doubling, up to one byte past the limit (the MaxBytesReader
+			// reads it to tell); what is allocated is what is reserved.
+			grow := min(max(step, len(buf)), int(s.cfg.MaxBody+1)-len(buf))
+			if err := s.reserveBody(rec, int64(grow)); err != nil {
 				return nil, err
 			}
-			buf = slices.Grow(buf, step)
+			nb := make([]byte, len(buf), len(buf)+grow)
+			copy(nb, buf)
+			buf = nb
 		}
 		n, err := req.Body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
