@@ -22,8 +22,9 @@ type Config struct {
 	// Without APIKeys and AllowNoAuth, Run listens on its port on loopback
 	// only.
 	Listen string
-	// OpsListen, when set, is a separate address for /metrics, /readyz and
-	// /healthz; they are then not served on Listen (SLUICE_OPS_LISTEN).
+	// OpsListen, when set, is a separate address for /metrics and /readyz
+	// (and /healthz); they are then not served on Listen
+	// (SLUICE_OPS_LISTEN).
 	OpsListen string
 	// RedisURL is a redis:// or rediss:// URL (SLUICE_REDIS_URL). Empty
 	// means an embedded in-process Redis that replicas cannot share.
@@ -166,7 +167,7 @@ var variables = []Variable{
 		c.Listen = v
 		return nil
 	}},
-	{"SLUICE_OPS_LISTEN", "", "separate address for /metrics, /readyz and /healthz (then not on SLUICE_LISTEN); unset: the same listener", func(c *Config, v string) error {
+	{"SLUICE_OPS_LISTEN", "", "separate address for /metrics and /readyz (then not on SLUICE_LISTEN; /healthz is on both); unset: the same listener", func(c *Config, v string) error {
 		c.OpsListen = v
 		return nil
 	}},

@@ -2,12 +2,14 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // FuzzChatRequest: parseChatRequest never panics, accepts exactly the JSON
@@ -104,7 +106,12 @@ func FuzzProxy(f *testing.F) {
 				req.Header.Set(strings.TrimSpace(name), strings.TrimSpace(value))
 			}
 		}
-		resp, err := http.DefaultClient.Do(req)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+		if ctx.Err() != nil {
+			t.Fatalf("%s %q with %q: no answer in 5s", method, path, header)
+		}
 		if err != nil {
 			return // the client refused to send it
 		}

@@ -114,6 +114,7 @@ func (s *gateway) routes() *echo.Echo {
 		writeError(c, ae)
 	}
 	e.Use(requestID, s.observe, s.recoverPanic)
+	e.GET("/healthz", s.healthz) // load balancers probe it; it touches nothing
 	if s.cfg.OpsListen == "" {
 		s.opsRoutes(e)
 	}
@@ -121,9 +122,8 @@ func (s *gateway) routes() *echo.Echo {
 	return e
 }
 
-// opsRoutes adds the routes of operators: probes and metrics.
+// opsRoutes adds the routes of operators: readiness and metrics.
 func (s *gateway) opsRoutes(e *echo.Echo) {
-	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(s.metrics.handler()))
 }
@@ -137,6 +137,7 @@ func (s *gateway) opsHandler() http.Handler {
 		writeError(c, ae)
 	}
 	e.Use(requestID, s.observe, s.recoverPanic)
+	e.GET("/healthz", s.healthz)
 	s.opsRoutes(e)
 	return e
 }
