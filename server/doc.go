@@ -2,8 +2,8 @@
 // that forwards OpenAI-compatible /v1/* requests to one vendor, so that many
 // replicas share one vendor budget through Redis.
 //
-// Every request goes down the stack of the seed document, in its order, one
-// file per layer:
+// Every request goes down the stack of a guarded vendor call, in its order,
+// one file per layer:
 //
 //	listener: SLUICE_MAX_CONNS, 32 KiB headers          conn.go
 //	request ID, JSON access log, panic recovery        observe.go (every route)

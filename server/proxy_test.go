@@ -77,7 +77,7 @@ func TestOtherV1Paths(t *testing.T) {
 	}
 }
 
-// TestStatusTable checks each row of DESIGN.md's status table that the
+// TestStatusTable checks each row of the gateway's status table that the
 // fake admitter can produce; per-user limit and Redis rows are in
 // middleware_test.go and redis_test.go.
 func TestStatusTable(t *testing.T) {

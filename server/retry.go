@@ -25,7 +25,8 @@ type failure struct {
 // forward runs the attempts of one request and returns the call whose
 // answer is to be passed on. Each attempt is admitted on its own and
 // releases its lease before the backoff sleep, so no slot or token is held
-// while waiting to retry (the seed's non-negotiable rule). It knows nothing
+// while waiting to retry: a sleeping request must not block the calls that
+// could run. It knows nothing
 // of Echo: ctx is the request's, deadline included.
 func (s *gateway) forward(ctx context.Context, out *outbound, rec *record) (*call, error) {
 	for attempt := 1; ; attempt++ {
