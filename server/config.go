@@ -4,12 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/sluicehq/sluice/limiter"
 )
@@ -90,6 +93,9 @@ type Config struct {
 	// ConnectTimeout bounds dialling the vendor and its TLS handshake
 	// (SLUICE_CONNECT_TIMEOUT).
 	ConnectTimeout time.Duration
+	// ForwardHeaders are request headers forwarded to the vendor beyond the
+	// built-in allowlist, canonical (SLUICE_FORWARD_HEADERS).
+	ForwardHeaders []string
 	// TrustedProxies are the networks whose X-Forwarded-For is believed:
 	// the client is the rightmost address not in them
 	// (SLUICE_TRUSTED_PROXIES; SLUICE_TRUST_PROXY=true adds the loopback
@@ -273,6 +279,7 @@ var variables = []Variable{
 		c.ConnectTimeout, err = positiveDuration(v)
 		return err
 	}},
+	{"SLUICE_FORWARD_HEADERS", "", "more client headers the vendor receives, comma-separated (built in: Accept, Content-Type, Idempotency-Key, OpenAI-Beta, User-Agent)", setForwardHeaders},
 	{"SLUICE_TRUSTED_PROXIES", "", "CIDRs of proxies whose X-Forwarded-For is believed; the client is the rightmost hop not in them (IPv6 per /64); unset: the direct peer", setTrustedProxies},
 	{"SLUICE_TRUST_PROXY", "false", "true: also trust every loopback and private-network proxy (prefer SLUICE_TRUSTED_PROXIES)", func(c *Config, v string) error {
 		trust, err := parseBool(v)
@@ -366,6 +373,29 @@ var privateNetworks = []netip.Prefix{
 	netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8"),
 	netip.MustParsePrefix("172.16.0.0/12"), netip.MustParsePrefix("192.168.0.0/16"),
 	netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("fc00::/7"),
+}
+
+// setForwardHeaders reads comma-separated header names. Credentials and the
+// headers that frame the request stay the gateway's own.
+func setForwardHeaders(c *Config, v string) error {
+	c.ForwardHeaders = nil
+	for name := range strings.SplitSeq(v, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(name) {
+			return fmt.Errorf("%q is not a header name", truncate(name, 50))
+		}
+		name = http.CanonicalHeaderKey(name)
+		switch name {
+		case "Authorization", "Proxy-Authorization", "Cookie", "Host", "Content-Length", "Content-Encoding",
+			"Transfer-Encoding", "Connection", "Expect", "Te", "Trailer", "Upgrade", "X-Request-Id":
+			return fmt.Errorf("%s is the gateway's own to set", name)
+		}
+		c.ForwardHeaders = append(c.ForwardHeaders, name)
+	}
+	return nil
 }
 
 // setTrustedProxies reads comma-separated CIDRs; a bare address is a /32

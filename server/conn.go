@@ -135,6 +135,15 @@ func (c *shapedConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// CloseWrite half-closes a TCP connection, as net/http does after its 431
+// so the client reads the answer before the connection goes.
+func (c *shapedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // shapeNetHTTPError is the answer for one of net/http's own error statuses.
 func shapeNetHTTPError(code string) []byte {
 	var e errorBody

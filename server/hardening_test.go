@@ -109,6 +109,22 @@ func TestRequestHeaderAllowlist(t *testing.T) {
 	if hdr.Get("Idempotency-Key") != "idem-1" {
 		t.Error("Idempotency-Key not forwarded")
 	}
+	// SLUICE_FORWARD_HEADERS adds to the allowlist, never credentials.
+	h2 := newHarness(t, func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Clone()
+		_, _ = io.WriteString(w, `{}`)
+	}, map[string]string{"SLUICE_FORWARD_HEADERS": "x-mock-latency, Anthropic-Version"})
+	readAll(t, h2.chat("X-Mock-Latency", "1ms", "Anthropic-Version", "v", "X-Api-Key", "k1"))
+	if hdr := <-got; hdr.Get("X-Mock-Latency") != "1ms" || hdr.Get("Anthropic-Version") != "v" || hdr.Get("X-Api-Key") != "" {
+		t.Errorf("with SLUICE_FORWARD_HEADERS the vendor got %v", hdr)
+	}
+	for _, bad := range []string{"Authorization", "cookie", "Host", "bad name"} {
+		if _, err := LoadConfig(func(n string) (string, bool) {
+			return map[string]string{"SLUICE_UPSTREAM_URL": "http://v", "SLUICE_FORWARD_HEADERS": bad}[n], true
+		}); err == nil {
+			t.Errorf("SLUICE_FORWARD_HEADERS=%s accepted", bad)
+		}
+	}
 	e := apiErr(t, h.do("POST", "/v1/audio/transcriptions", "\x1f\x8b...", "Content-Encoding", "gzip", "Content-Type", "multipart/form-data"), 415)
 	if e.Error.Code != "unsupported_content_encoding" || h.hits.Load() != 1 {
 		t.Errorf("%+v, %d vendor hits", e.Error, h.hits.Load())

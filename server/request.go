@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -63,7 +64,7 @@ func (s *gateway) proxy(c echo.Context) error {
 		}
 		rec.model, rec.stream, rec.tokens = r.Model, r.Stream, r.estimate()
 	}
-	out := &outbound{method: req.Method, url: s.upstreamURL(req.URL, escaped), header: forwardHeaders(req.Header), body: body}
+	out := &outbound{method: req.Method, url: s.upstreamURL(req.URL, escaped), header: s.forwardHeaders(req.Header), body: body}
 	out.header.Set(echo.HeaderXRequestID, rec.requestID)
 	if s.cfg.UpstreamAPIKey != "" {
 		out.header.Set(echo.HeaderAuthorization, "Bearer "+string(s.cfg.UpstreamAPIKey))
@@ -101,16 +102,17 @@ func (s *gateway) upstreamURL(client *url.URL, escaped string) string {
 	return u.String()
 }
 
-// forwardedRequestHeaders are the client headers the vendor receives; every
-// other one stays here (credentials, hop-by-hop and forwarding headers,
-// method and URL overrides, encodings, the vendor's organization and project
-// headers, which are the operator's choice). The gateway adds the vendor
-// key, X-Request-Id and Content-Length itself.
+// forwardedRequestHeaders are the client headers the vendor receives, with
+// those of SLUICE_FORWARD_HEADERS; every other one stays here (credentials,
+// hop-by-hop and forwarding headers, method and URL overrides, encodings,
+// the vendor's organization and project headers, which are the operator's
+// choice). The gateway adds the vendor key, X-Request-Id and Content-Length
+// itself.
 var forwardedRequestHeaders = []string{"Accept", "Content-Type", "Idempotency-Key", "Openai-Beta", "User-Agent"}
 
-func forwardHeaders(in http.Header) http.Header {
+func (s *gateway) forwardHeaders(in http.Header) http.Header {
 	out := make(http.Header, len(forwardedRequestHeaders)+2)
-	for _, name := range forwardedRequestHeaders {
+	for _, name := range slices.Concat(forwardedRequestHeaders, s.cfg.ForwardHeaders) {
 		if v := in.Values(name); len(v) > 0 {
 			out[name] = append([]string(nil), v...)
 		}

@@ -52,9 +52,10 @@ func runDemo(args []string) int {
 	// play with.
 	mockURL := "http://" + ln.Addr().String()
 	cfg, code, ok := loadServeConfig("demo", demoIntro, args, map[string]string{
-		"SLUICE_UPSTREAM_URL": mockURL,
-		"SLUICE_RATE":         "10/s",
-		"SLUICE_BURST":        "2",
+		"SLUICE_UPSTREAM_URL":    mockURL,
+		"SLUICE_RATE":            "10/s",
+		"SLUICE_BURST":           "2",
+		"SLUICE_FORWARD_HEADERS": "X-Mock-Status,X-Mock-Latency,X-Mock-Stream-Cut",
 	})
 	if !ok {
 		return code
