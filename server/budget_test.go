@@ -250,12 +250,12 @@ func lateNotice(vendor http.Handler, hop time.Duration) http.Handler {
 // returns its URL; everything stops when the test ends.
 func startReplica(t *testing.T, cfg Config) string {
 	t.Helper()
-	rdb, closeRedis, err := OpenRedis(cfg, slog.New(slog.DiscardHandler))
+	rdb, closeRedis, err := openRedis(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = closeRedis() })
-	s, err := New(cfg, Options{Redis: rdb, Logger: slog.New(slog.DiscardHandler)})
+	s, err := newGateway(cfg, gatewayOptions{Redis: rdb, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
