@@ -250,7 +250,7 @@ func lateNotice(vendor http.Handler, hop time.Duration) http.Handler {
 // returns its URL; everything stops when the test ends.
 func startReplica(t *testing.T, cfg Config) string {
 	t.Helper()
-	rdb, closeRedis, err := openRedis(cfg, slog.New(slog.DiscardHandler))
+	rdb, closeRedis, err := OpenRedis(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -281,7 +281,7 @@ func newRealHarness(t *testing.T, vendor http.HandlerFunc, env map[string]string
 		env["SLUICE_BUDGET"] = redistest.Budget(t)
 	}
 	cfg := testConfig(t, env)
-	rdb, closeRedis, err := openRedis(cfg, slog.New(slog.DiscardHandler))
+	rdb, closeRedis, err := OpenRedis(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

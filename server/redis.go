@@ -20,7 +20,7 @@ const (
 	redisPoolTimeout = 2 * time.Second
 )
 
-// openRedis connects to the store of cfg: SLUICE_REDIS_URL read as
+// OpenRedis connects to the store of cfg: SLUICE_REDIS_URL read as
 // SLUICE_REDIS_MODE says, or, when the URL is unset, an embedded in-process
 // Redis (miniredis, which runs the same Lua scripts) for a single replica,
 // with a warning. Call the returned function when done: it closes the
@@ -30,7 +30,7 @@ const (
 // says otherwise): a script whose reply was lost may have run, and running
 // it again would take a second token or slot. The gateway's own retries are
 // the only retry layer.
-func openRedis(cfg Config, log *slog.Logger) (redis.UniversalClient, func() error, error) {
+func OpenRedis(cfg Config, log *slog.Logger) (redis.UniversalClient, func() error, error) {
 	if cfg.RedisURL == "" {
 		return openEmbedded(log)
 	}

@@ -274,7 +274,7 @@ func TestQueueDeadlineStoreOrBudget(t *testing.T) {
 func TestEmbeddedRedis(t *testing.T) {
 	cfg := testConfig(t, nil)
 	var logs bytes.Buffer
-	rdb, closeRedis, err := openRedis(cfg, slog.New(slog.NewJSONHandler(&logs, nil)))
+	rdb, closeRedis, err := OpenRedis(cfg, slog.New(slog.NewJSONHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -325,7 +325,7 @@ func Listen(cfg Config, log *slog.Logger) (net.Listener, error) {
 // must know its address before serving, as sluice demo does). It closes ln.
 func Serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) error {
 	redis.SetLogger(redisLogger{log})
-	rdb, closeRedis, err := openRedis(cfg, log)
+	rdb, closeRedis, err := OpenRedis(cfg, log)
 	if err != nil {
 		_ = ln.Close()
 		return err
