@@ -255,7 +255,7 @@ func startReplica(t *testing.T, cfg Config) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = closeRedis() })
-	s, err := New(cfg, Options{Redis: rdb, Logger: slog.New(slog.DiscardHandler)})
+	s, err := newGateway(cfg, gatewayOptions{Redis: rdb, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,11 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/sluicehq/sluice/limiter"
 )
@@ -18,7 +22,13 @@ import (
 // default documented there.
 type Config struct {
 	// Listen is the address the gateway listens on (SLUICE_LISTEN).
+	// Without APIKeys and AllowNoAuth, Run listens on its port on loopback
+	// only.
 	Listen string
+	// OpsListen, when set, is a separate address for /metrics and /readyz
+	// (and /healthz); they are then not served on Listen
+	// (SLUICE_OPS_LISTEN).
+	OpsListen string
 	// RedisURL is a redis:// or rediss:// URL (SLUICE_REDIS_URL). Empty
 	// means an embedded in-process Redis that replicas cannot share.
 	RedisURL string
@@ -67,6 +77,14 @@ type Config struct {
 	// APIKeys are the accepted client keys; none means no client auth
 	// (SLUICE_API_KEYS).
 	APIKeys []Secret
+	// AllowNoAuth lets a gateway without APIKeys listen beyond loopback
+	// (SLUICE_ALLOW_NO_AUTH): an open relay spends the vendor key.
+	AllowNoAuth bool
+	// ClientIDSecret keys the HMAC that turns a client key into the id
+	// logged and used in Redis key names (SLUICE_CLIENT_ID_SECRET). Empty:
+	// derived from the vendor key, else from the client keys, so every
+	// replica of a deployment computes the same ids.
+	ClientIDSecret Secret
 	// MaxBody is the largest request body in bytes (SLUICE_MAX_BODY).
 	MaxBody int64
 	// BackoffBase and BackoffMax shape the full-jitter exponential backoff
@@ -75,9 +93,35 @@ type Config struct {
 	// ConnectTimeout bounds dialling the vendor and its TLS handshake
 	// (SLUICE_CONNECT_TIMEOUT).
 	ConnectTimeout time.Duration
-	// TrustProxy makes the client IP come from X-Forwarded-For when the
-	// request arrives from a private-network proxy (SLUICE_TRUST_PROXY).
-	TrustProxy bool
+	// ForwardHeaders are request headers forwarded to the vendor beyond the
+	// built-in allowlist, canonical (SLUICE_FORWARD_HEADERS).
+	ForwardHeaders []string
+	// TrustedProxies are the networks whose X-Forwarded-For is believed:
+	// the client is the rightmost address not in them
+	// (SLUICE_TRUSTED_PROXIES; SLUICE_TRUST_PROXY=true adds the loopback
+	// and private networks). None: the direct peer.
+	TrustedProxies []netip.Prefix
+	// MaxConns caps the connections open on the listener; past it the
+	// oldest connection without a request in progress is closed, else the
+	// new one is answered 503 (SLUICE_MAX_CONNS).
+	MaxConns int
+	// IdleTimeout closes a keep-alive connection idle this long
+	// (SLUICE_IDLE_TIMEOUT).
+	IdleTimeout time.Duration
+	// WriteTimeout bounds each write to the client, refreshed per chunk of
+	// a stream; never past the call deadline while a vendor slot is held
+	// (SLUICE_WRITE_TIMEOUT).
+	WriteTimeout time.Duration
+	// MaxRequests and MaxBuffered cap the requests in progress on this
+	// replica and the request body bytes it holds; past them: 503
+	// (SLUICE_MAX_REQUESTS, SLUICE_MAX_BUFFERED).
+	MaxRequests int
+	MaxBuffered int64
+	// ClientMaxRequests and ClientMaxBuffered are the same caps per client
+	// (client key, else client IP); past them: 429
+	// (SLUICE_CLIENT_MAX_REQUESTS, SLUICE_CLIENT_MAX_BUFFERED).
+	ClientMaxRequests int
+	ClientMaxBuffered int64
 	// ShutdownTimeout is how long in-flight requests may take to finish on
 	// SIGTERM (SLUICE_SHUTDOWN_TIMEOUT). Past it they are cut: answered 503
 	// shutting_down (a stream already started just ends), their leases
@@ -127,6 +171,10 @@ func (v Variable) Flag() string {
 var variables = []Variable{
 	{"SLUICE_LISTEN", ":8080", "listen address", func(c *Config, v string) error {
 		c.Listen = v
+		return nil
+	}},
+	{"SLUICE_OPS_LISTEN", "", "separate address for /metrics and /readyz (then not on SLUICE_LISTEN; /healthz is on both); unset: the same listener", func(c *Config, v string) error {
+		c.OpsListen = v
 		return nil
 	}},
 	{"SLUICE_REDIS_URL", "", "redis:// or rediss:// URL; unset: an embedded in-process Redis, one replica only", func(c *Config, v string) error {
@@ -203,7 +251,15 @@ var variables = []Variable{
 		c.UserRate.Burst, err = positiveInt(v)
 		return err
 	}},
-	{"SLUICE_API_KEYS", "", "client keys: comma-separated, or @FILE with one per line; unset: no auth", setAPIKeys},
+	{"SLUICE_API_KEYS", "", "client keys: comma-separated, or @FILE with one per line; unset: no auth, and loopback only", setAPIKeys},
+	{"SLUICE_ALLOW_NO_AUTH", "false", "without SLUICE_API_KEYS, listen beyond loopback anyway (an open relay spends your vendor key)", func(c *Config, v string) (err error) {
+		c.AllowNoAuth, err = parseBool(v)
+		return err
+	}},
+	{"SLUICE_CLIENT_ID_SECRET", "", "HMAC key of the client ids in logs and Redis keys; unset: derived from the vendor key, else the client keys", func(c *Config, v string) error {
+		c.ClientIDSecret = Secret(v)
+		return nil
+	}},
 	{"SLUICE_MAX_BODY", "4MiB", "largest request body: bytes, or with KiB/MiB; past it: 413", func(c *Config, v string) (err error) {
 		c.MaxBody, err = parseSize(v)
 		return err
@@ -223,11 +279,41 @@ var variables = []Variable{
 		c.ConnectTimeout, err = positiveDuration(v)
 		return err
 	}},
-	{"SLUICE_TRUST_PROXY", "false", "take the client IP from X-Forwarded-For set by a private-network proxy", func(c *Config, v string) (err error) {
-		c.TrustProxy, err = strconv.ParseBool(v)
-		if err != nil {
-			err = errors.New("want true or false")
+	{"SLUICE_FORWARD_HEADERS", "", "more client headers the vendor receives, comma-separated (built in: Accept, Content-Type, Idempotency-Key, OpenAI-Beta, User-Agent)", setForwardHeaders},
+	{"SLUICE_TRUSTED_PROXIES", "", "CIDRs of proxies whose X-Forwarded-For is believed; the client is the rightmost hop not in them (IPv6 per /64); unset: the direct peer", setTrustedProxies},
+	{"SLUICE_TRUST_PROXY", "false", "true: also trust every loopback and private-network proxy (prefer SLUICE_TRUSTED_PROXIES)", func(c *Config, v string) error {
+		trust, err := parseBool(v)
+		if trust {
+			c.TrustedProxies = append(c.TrustedProxies, privateNetworks...)
 		}
+		return err
+	}},
+	{"SLUICE_MAX_CONNS", "512", "connections open at once; past it the oldest one without a request in progress is closed, else 503", func(c *Config, v string) (err error) {
+		c.MaxConns, err = positiveInt(v)
+		return err
+	}},
+	{"SLUICE_IDLE_TIMEOUT", "30s", "close a keep-alive connection idle this long (request headers: at most 32 KiB, within 10s)", func(c *Config, v string) (err error) {
+		c.IdleTimeout, err = positiveDuration(v)
+		return err
+	}},
+	{"SLUICE_WRITE_TIMEOUT", "10s", "max time one write to the client may block (per chunk of a stream); a client that reads slower is cut", func(c *Config, v string) (err error) {
+		c.WriteTimeout, err = positiveDuration(v)
+		return err
+	}},
+	{"SLUICE_MAX_REQUESTS", "512", "requests in progress on this replica, queued ones included; past it: 503", func(c *Config, v string) (err error) {
+		c.MaxRequests, err = positiveInt(v)
+		return err
+	}},
+	{"SLUICE_MAX_BUFFERED", "256MiB", "request body bytes this replica holds at once; past it: 503", func(c *Config, v string) (err error) {
+		c.MaxBuffered, err = parseSize(v)
+		return err
+	}},
+	{"SLUICE_CLIENT_MAX_REQUESTS", "64", "requests in progress per client (key, else IP) on this replica; past it: 429", func(c *Config, v string) (err error) {
+		c.ClientMaxRequests, err = positiveInt(v)
+		return err
+	}},
+	{"SLUICE_CLIENT_MAX_BUFFERED", "32MiB", "request body bytes held per client on this replica; past it: 429", func(c *Config, v string) (err error) {
+		c.ClientMaxBuffered, err = parseSize(v)
 		return err
 	}},
 	{"SLUICE_SHUTDOWN_TIMEOUT", "30s", "on SIGTERM, how long in-flight requests may take to finish; then they are cut (503 shutting_down)", func(c *Config, v string) (err error) {
@@ -257,17 +343,88 @@ func LoadConfig(lookup func(name string) (string, bool)) (Config, error) {
 		if val == "" {
 			continue
 		}
-		// Quoting the value is safe: the setters of the secrets
-		// (SLUICE_UPSTREAM_API_KEY, SLUICE_API_KEYS) only fail on values
-		// that hold no key.
 		if err := v.set(&c, val); err != nil {
-			return Config{}, fmt.Errorf("invalid %s=%q: %v", v.Name, val, err)
+			if secretBearing[v.Name] { // the value may hold a key or a password
+				return Config{}, fmt.Errorf("invalid %s: %v", v.Name, err)
+			}
+			return Config{}, fmt.Errorf("invalid %s=%q: %v", v.Name, truncate(val, 100), err)
 		}
 	}
-	if c.UpstreamURL == nil {
+	switch {
+	case c.UpstreamURL == nil:
 		return Config{}, errors.New("SLUICE_UPSTREAM_URL is required: the vendor base URL, e.g. https://api.openai.com")
+	case c.MaxBody >= c.ClientMaxBuffered:
+		return Config{}, errors.New("invalid SLUICE_MAX_BODY: not less than SLUICE_CLIENT_MAX_BUFFERED, so such a body could never be accepted")
+	case c.ClientMaxBuffered > c.MaxBuffered:
+		return Config{}, errors.New("invalid SLUICE_CLIENT_MAX_BUFFERED: more than SLUICE_MAX_BUFFERED")
 	}
 	return c, nil
+}
+
+// secretBearing are the variables whose values an error never quotes.
+var secretBearing = map[string]bool{
+	"SLUICE_REDIS_URL": true, "SLUICE_UPSTREAM_URL": true, "SLUICE_UPSTREAM_API_KEY": true,
+	"SLUICE_API_KEYS": true, "SLUICE_CLIENT_ID_SECRET": true,
+}
+
+// privateNetworks are the loopback and private networks that
+// SLUICE_TRUST_PROXY=true trusts.
+var privateNetworks = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"), netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("fc00::/7"),
+}
+
+// setForwardHeaders reads comma-separated header names. Credentials and the
+// headers that frame the request stay the gateway's own.
+func setForwardHeaders(c *Config, v string) error {
+	c.ForwardHeaders = nil
+	for name := range strings.SplitSeq(v, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(name) {
+			return fmt.Errorf("%q is not a header name", truncate(name, 50))
+		}
+		name = http.CanonicalHeaderKey(name)
+		switch name {
+		case "Authorization", "Proxy-Authorization", "Cookie", "Host", "Content-Length", "Content-Encoding",
+			"Transfer-Encoding", "Connection", "Expect", "Te", "Trailer", "Upgrade", "X-Request-Id":
+			return fmt.Errorf("%s is the gateway's own to set", name)
+		}
+		c.ForwardHeaders = append(c.ForwardHeaders, name)
+	}
+	return nil
+}
+
+// setTrustedProxies reads comma-separated CIDRs; a bare address is a /32
+// (or /128).
+func setTrustedProxies(c *Config, v string) error {
+	for s := range strings.SplitSeq(v, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8", truncate(s, 50))
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		c.TrustedProxies = append(c.TrustedProxies, p.Masked())
+	}
+	return nil
+}
+
+func parseBool(v string) (bool, error) {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, errors.New("want true or false")
+	}
+	return b, nil
 }
 
 func setUpstream(c *Config, v string) error {

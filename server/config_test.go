@@ -28,6 +28,8 @@ func TestConfigDefaults(t *testing.T) {
 		MaxAttempts: 3, LeaseTTL: 15 * time.Second, CancelGrace: 250 * time.Millisecond, MaxBody: 4 << 20,
 		BackoffBase: 250 * time.Millisecond, BackoffMax: 10 * time.Second, ConnectTimeout: 5 * time.Second,
 		ShutdownTimeout: 30 * time.Second, LogLevel: slog.LevelInfo,
+		MaxConns: 512, IdleTimeout: 30 * time.Second, WriteTimeout: 10 * time.Second,
+		MaxRequests: 512, MaxBuffered: 256 << 20, ClientMaxRequests: 64, ClientMaxBuffered: 32 << 20,
 	}
 	if fmt.Sprintf("%#v", c) != fmt.Sprintf("%#v", want) {
 		t.Errorf("defaults\n got %#v\nwant %#v", c, want)
@@ -79,7 +81,19 @@ func TestConfigValues(t *testing.T) {
 		{"SLUICE_BACKOFF_BASE", "10ms", func(c Config) bool { return c.BackoffBase == 10*time.Millisecond }},
 		{"SLUICE_BACKOFF_MAX", "1s", func(c Config) bool { return c.BackoffMax == time.Second }},
 		{"SLUICE_CONNECT_TIMEOUT", "2s", func(c Config) bool { return c.ConnectTimeout == 2*time.Second }},
-		{"SLUICE_TRUST_PROXY", "true", func(c Config) bool { return c.TrustProxy }},
+		{"SLUICE_TRUST_PROXY", "true", func(c Config) bool { return len(c.TrustedProxies) == len(privateNetworks) }},
+		{"SLUICE_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7,2001:db8::/32", func(c Config) bool {
+			return fmt.Sprint(c.TrustedProxies) == "[10.0.0.0/8 192.0.2.7/32 2001:db8::/32]"
+		}},
+		{"SLUICE_OPS_LISTEN", "127.0.0.1:9090", func(c Config) bool { return c.OpsListen == "127.0.0.1:9090" }},
+		{"SLUICE_ALLOW_NO_AUTH", "true", func(c Config) bool { return c.AllowNoAuth }},
+		{"SLUICE_MAX_CONNS", "100", func(c Config) bool { return c.MaxConns == 100 }},
+		{"SLUICE_IDLE_TIMEOUT", "5s", func(c Config) bool { return c.IdleTimeout == 5*time.Second }},
+		{"SLUICE_WRITE_TIMEOUT", "3s", func(c Config) bool { return c.WriteTimeout == 3*time.Second }},
+		{"SLUICE_MAX_REQUESTS", "10", func(c Config) bool { return c.MaxRequests == 10 }},
+		{"SLUICE_CLIENT_MAX_REQUESTS", "2", func(c Config) bool { return c.ClientMaxRequests == 2 }},
+		{"SLUICE_MAX_BUFFERED", "64MiB", func(c Config) bool { return c.MaxBuffered == 64<<20 }},
+		{"SLUICE_CLIENT_MAX_BUFFERED", "8MiB", func(c Config) bool { return c.ClientMaxBuffered == 8<<20 }},
 		{"SLUICE_SHUTDOWN_TIMEOUT", "3s", func(c Config) bool { return c.ShutdownTimeout == 3*time.Second }},
 		{"SLUICE_LOG_LEVEL", "debug", func(c Config) bool { return c.LogLevel == slog.LevelDebug }},
 	} {
@@ -104,7 +118,16 @@ func TestConfigErrors(t *testing.T) {
 		{"SLUICE_UPSTREAM_URL", "vendor:9000"},
 		{"SLUICE_UPSTREAM_URL", "http://"},
 		{"SLUICE_UPSTREAM_URL", "https://api.openai.com/v1"},
-		{"SLUICE_UPSTREAM_URL", "https://user:pw@api.openai.com"},
+		{"SLUICE_UPSTREAM_URL", "https://user:sk-secret@api.openai.com"},
+		{"SLUICE_UPSTREAM_URL", "https://api.openai.com?api_key=sk-secret"},
+		{"SLUICE_UPSTREAM_URL", "sk-secret"},
+		{"SLUICE_TRUSTED_PROXIES", "10.0.0.0/8,nope"},
+		{"SLUICE_ALLOW_NO_AUTH", "perhaps"},
+		{"SLUICE_MAX_CONNS", "0"},
+		{"SLUICE_IDLE_TIMEOUT", "0s"},
+		{"SLUICE_WRITE_TIMEOUT", "x"},
+		{"SLUICE_MAX_REQUESTS", "-3"},
+		{"SLUICE_CLIENT_MAX_BUFFERED", "1KiB"}, // below SLUICE_MAX_BODY
 		{"SLUICE_RATE", "fast"},
 		{"SLUICE_RATE", "0/s"},
 		{"SLUICE_RATE", "10/fortnight"},
@@ -134,7 +157,7 @@ func TestConfigErrors(t *testing.T) {
 	} {
 		env := map[string]string{"SLUICE_UPSTREAM_URL": "http://v", c.name: c.value}
 		_, err := load(env)
-		if err == nil || !strings.Contains(err.Error(), c.name) || strings.Contains(err.Error(), "\n") {
+		if err == nil || !strings.Contains(err.Error(), c.name) || strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "secret") {
 			t.Errorf("%s=%q: %v", c.name, c.value, err)
 		}
 	}

@@ -2,37 +2,51 @@
 // that forwards OpenAI-compatible /v1/* requests to one vendor, so that many
 // replicas share one vendor budget through Redis.
 //
-// Every request goes down the stack of the seed document, in its order:
+// Every request goes down the stack of a guarded vendor call, in its order,
+// one file per layer:
 //
-//	request ID, JSON access log, panic recovery        (every route)
+//	listener: SLUICE_MAX_CONNS, 32 KiB headers          conn.go
+//	request ID, JSON access log, panic recovery        observe.go (every route)
 //	body limit                                          413
-//	client auth (SLUICE_API_KEYS)                       401
-//	per-user limit (SLUICE_USER_RATE, redis_rate)       429 + Retry-After, REJECT
-//	request deadline (SLUICE_REQUEST_TIMEOUT)           504
-//	for each attempt (SLUICE_MAX_ATTEMPTS):
+//	client auth (SLUICE_API_KEYS)                       401       auth.go
+//	requests in progress, buffered bytes                503 replica, 429 client
+//	per-user limit (SLUICE_USER_RATE, redis_rate)       429 + Retry-After, REJECT   userlimit.go
+//	request deadline (SLUICE_REQUEST_TIMEOUT)           504       deadline.go
+//	body read within the caps, checked in one pass      400 413 415   request.go
+//	for each attempt (SLUICE_MAX_ATTEMPTS):             retry.go
 //	  queue deadline (SLUICE_QUEUE_TIMEOUT)             503 + Retry-After, never retried
 //	  admission: one token of the cluster bucket AND one slot of the
-//	    cluster lease semaphore, in one script (Admitter)   WAIT, fail closed: 503
-//	  call deadline (SLUICE_CALL_TIMEOUT), the vendor call's context derived
+//	    cluster lease semaphore, in one script (admitter)   WAIT, fail closed: 503   admit.go
+//	  call deadline (SLUICE_CALL_TIMEOUT), the vendor call's context derived   call.go
 //	    from the request AND the lease; HTTP client with dial, TLS, header,
 //	    idle and per-host limits; no redirects, no SDK, no hidden retries
 //	  lease released (shielded) BEFORE the backoff sleep
 //	full-jitter backoff, at least the vendor's Retry-After
 //	vendor failed after the attempts                    502
+//	the answer, vendor headers by an allowlist          respond.go
+//
+// The retry, admission and call layers take a context and no Echo type: a
+// request goes down them once and its answer comes back up once.
 //
 // Retried: network errors, vendor timeouts, the call deadline, 5xx, 408 and
 // 429. Never retried: the queue deadline (the system is overloaded), other
-// 4xx (passed through as the vendor sent them), a client gone, and a request
+// 4xx (passed through as the vendor sent them, except 401, 403 and 407:
+// the vendor refused the vendor key, which is answered 502
+// upstream_auth_failed with the vendor's message in the log only), a
+// client gone, and a request
 // whose deadline, after the backoff, leaves less than a whole call deadline.
 //
 // Non-streaming answers are read whole (up to 32 MiB) under the call
 // deadline, the lease is released, and only then is the answer written to the
 // client, so a slow client never holds a vendor slot. A request body is
-// buffered too (bounded by SLUICE_MAX_BODY), so every attempt resends it.
+// buffered too (bounded by SLUICE_MAX_BODY, and by the buffered bytes a
+// replica and a client may hold), so every attempt resends it.
 //
 // Streams ("stream": true; any text/event-stream answer) are passed through
 // one read at a time, with a flush after each, while the lease is held; the
-// call deadline covers the whole stream. Once the status line is sent nothing
+// call deadline covers the whole stream, and each write to the client has
+// SLUICE_WRITE_TIMEOUT but never runs past the call deadline, so a client
+// that stops reading frees the slot by then. Once the status line is sent nothing
 // can be retried or changed: a stream that breaks simply ends, and is counted
 // and logged as stream_cut (the vendor stopped without "data: [DONE]", or the
 // read failed), as client_closed_request, or as request_timeout. A client
@@ -45,8 +59,9 @@
 // is released with its own short deadline even after cancellation, and the
 // request is counted and logged. Errors use the OpenAI shape
 // {"error":{"message","type","code"}} with client-facing sentences only;
-// keys are never logged (the log has a hashed key id) nor returned. A panic
-// is answered 503 internal_error, not 500 (invariant I4).
+// keys are never logged (the log has an HMAC key id) nor returned. A panic
+// is answered 503 internal_error, not 500 (invariant I4). A client that went
+// away gets no answer: its connection is closed.
 //
 // One case delays the release, never the answer: when the gateway cancels a
 // call the vendor is still working on (client gone, call or request

@@ -69,6 +69,24 @@ var (
 	// away, another one can serve the request at once.
 	errShuttingDown = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "shutting_down",
 		Message: "the gateway is shutting down and cut this request at its shutdown deadline; retry it", RetryAfter: time.Second}
+	// errOverloaded answers a request beyond this replica's caps on
+	// requests in progress or buffered bytes: another replica may serve it.
+	errOverloaded = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "overloaded",
+		Message: "this gateway replica holds as many requests as it accepts; retry shortly", RetryAfter: time.Second}
+	// errClientOverloaded answers a request beyond the client's share of
+	// those caps.
+	errClientOverloaded = &apiError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "too_many_requests_in_progress",
+		Message: "this client has as many requests in progress as the gateway accepts; retry when one has ended", RetryAfter: time.Second}
+	errEncoding = &apiError{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_content_encoding",
+		Message: "send the request body without Content-Encoding"}
+	// errBodyTimeout answers a body still arriving at the read timeout.
+	errBodyTimeout = &apiError{Status: http.StatusRequestTimeout, Type: "invalid_request_error", Code: "request_body_timeout",
+		Message: "the request body did not arrive in time"}
+	// errUpstreamAuth answers a vendor 401, 403 or 407: the vendor refused
+	// the gateway's vendor key, which is the operator's problem, not the
+	// client's; the vendor's message stays in the log.
+	errUpstreamAuth = &apiError{Status: http.StatusBadGateway, Type: "upstream_error", Code: "upstream_auth_failed",
+		Message: "the vendor refused the gateway's credentials; the operator has been told in the log"}
 	errNotReady = &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "not_ready",
 		Message: "not ready: the coordination store is unreachable or failing"}
 )
@@ -107,6 +125,9 @@ func writeError(c echo.Context, e *apiError) {
 	if c.Response().Committed {
 		return
 	}
+	if e.Status == http.StatusUnauthorized {
+		c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="sluice"`)
+	}
 	if e.RetryAfter > 0 {
 		c.Response().Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(e.RetryAfter.Seconds())))))
 	}
@@ -136,6 +157,10 @@ func asAPIError(err error) (e *apiError, unexpected bool) {
 				Message: "this method is not allowed on this path"}, false
 		case http.StatusRequestEntityTooLarge:
 			return errTooLarge, false
+		}
+		if he.Code >= 400 && he.Code < 500 {
+			return &apiError{Status: he.Code, Type: "invalid_request_error", Code: "invalid_request",
+				Message: http.StatusText(he.Code)}, false
 		}
 	}
 	return errInternal, true

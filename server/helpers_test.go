@@ -26,18 +26,20 @@ import (
 	"github.com/sluicehq/sluice/semaphore"
 )
 
-// fakeAdmitter is an in-memory Admitter of size slots. It records how many
+// fakeAdmitter is an in-memory admitter of size slots. It records how many
 // leases are held, so tests can check that the vendor is only called with a
 // lease held and that backoff sleeps happen with none held.
 type fakeAdmitter struct {
 	slots    chan struct{}
 	released chan struct{} // one value per Release
+	entered  chan struct{} // one value per Acquire, sent before it waits
 
 	mu       sync.Mutex
 	script   []error // errors of the next Acquire calls, in order; nil = admit
 	lostNext bool    // the next lease is lost on arrival
 	panics   bool    // Acquire panics
 	checkErr error
+	checks   int
 	held     int
 	acquires int
 	leases   map[*fakeLease]bool
@@ -51,11 +53,12 @@ func newFakeAdmitter(size int) *fakeAdmitter {
 	return &fakeAdmitter{
 		slots:    make(chan struct{}, size),
 		released: make(chan struct{}, 1000),
+		entered:  make(chan struct{}, 1000),
 		leases:   map[*fakeLease]bool{},
 	}
 }
 
-func (a *fakeAdmitter) Acquire(ctx context.Context) (Lease, error) {
+func (a *fakeAdmitter) Acquire(ctx context.Context) (vendorLease, error) {
 	a.mu.Lock()
 	a.acquires++
 	var err error
@@ -72,10 +75,14 @@ func (a *fakeAdmitter) Acquire(ctx context.Context) (Lease, error) {
 		return nil, err
 	}
 	select {
+	case a.entered <- struct{}{}:
+	default:
+	}
+	select {
 	case a.slots <- struct{}{}:
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("fake: %w", ErrQueueTimeout)
+			return nil, fmt.Errorf("fake: %w", semaphore.ErrQueueTimeout)
 		}
 		return nil, ctx.Err()
 	}
@@ -94,6 +101,7 @@ func (a *fakeAdmitter) Acquire(ctx context.Context) (Lease, error) {
 func (a *fakeAdmitter) Check(context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.checks++
 	return a.checkErr
 }
 
@@ -173,7 +181,10 @@ func (l *fakeLease) Release(context.Context) error {
 		}
 		l.a.mu.Unlock()
 		<-l.a.slots
-		l.a.released <- struct{}{}
+		select {
+		case l.a.released <- struct{}{}:
+		default: // nobody is waiting: a fuzz run releases thousands
+		}
 	})
 	return nil
 }
@@ -191,8 +202,8 @@ func hang(w http.ResponseWriter, r *http.Request) {
 // (newRealHarness). It checks, whatever the test, that the vendor is only
 // called while a lease is held and that no backoff sleep holds one.
 type harness struct {
-	t      *testing.T
-	srv    *Server
+	t      testing.TB
+	srv    *gateway
 	gw     *httptest.Server
 	vendor *httptest.Server
 	adm    *fakeAdmitter        // newHarness only
@@ -229,7 +240,7 @@ var testEnv = map[string]string{
 const vendorKey = "vendor-secret-key"
 
 // testConfig is testEnv plus env, with a placeholder upstream.
-func testConfig(t *testing.T, env map[string]string) Config {
+func testConfig(t testing.TB, env map[string]string) Config {
 	t.Helper()
 	vars := map[string]string{"SLUICE_UPSTREAM_URL": "http://vendor.invalid"}
 	maps.Copy(vars, testEnv)
@@ -243,7 +254,7 @@ func testConfig(t *testing.T, env map[string]string) Config {
 
 // newHarness starts vendor (nil: 200 {"ok":true}) behind a gateway
 // configured by testEnv plus env, with a fake admitter and miniredis.
-func newHarness(t *testing.T, vendor http.HandlerFunc, env map[string]string) *harness {
+func newHarness(t testing.TB, vendor http.HandlerFunc, env map[string]string) *harness {
 	t.Helper()
 	cfg := testConfig(t, env)
 	h := &harness{t: t, adm: newFakeAdmitter(cfg.Concurrency), redis: miniredis.RunT(t)}
@@ -292,7 +303,7 @@ func newRealHarness(t *testing.T, vendor http.HandlerFunc, env map[string]string
 	return h
 }
 
-func (h *harness) start(cfg Config, rdb redis.UniversalClient, adm Admitter, vendor http.HandlerFunc) {
+func (h *harness) start(cfg Config, rdb redis.UniversalClient, adm admitter, vendor http.HandlerFunc) {
 	t := h.t
 	h.logs = newSyncBuffer()
 	if vendor == nil {
@@ -309,7 +320,7 @@ func (h *harness) start(cfg Config, rdb redis.UniversalClient, adm Admitter, ven
 	cfg.UpstreamURL, _ = url.Parse(h.vendor.URL)
 	log := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var err error
-	h.srv, err = New(cfg, Options{Redis: rdb, Admitter: adm, Logger: log})
+	h.srv, err = newGateway(cfg, gatewayOptions{Redis: rdb, admitter: adm, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +349,7 @@ func (h *harness) start(cfg Config, rdb redis.UniversalClient, adm Admitter, ven
 }
 
 // graceHeld returns the leases held now through their cancel grace.
-func (s *Server) graceHeld() float64 {
+func (s *gateway) graceHeld() float64 {
 	families, err := s.metrics.reg.Gather()
 	if err != nil {
 		panic(err)

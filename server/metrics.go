@@ -8,7 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// metrics are the Prometheus metrics of one Server, in a registry of its own
+// metrics are the Prometheus metrics of one gateway, in a registry of its own
 // (several servers in one test process must not collide), with the Go and
 // process collectors beside them.
 type metrics struct {
@@ -24,6 +24,8 @@ type metrics struct {
 	retries         *prometheus.CounterVec // reason
 	userRejections  prometheus.Counter
 	redisErrors     *prometheus.CounterVec // op
+	loadRejections  *prometheus.CounterVec // code
+	connRejections  *prometheus.CounterVec // action
 	panics          prometheus.Counter
 }
 
@@ -72,13 +74,21 @@ func newMetrics() *metrics {
 			Name: "sluice_redis_errors_total",
 			Help: "Failed operations on the coordination store, by operation: admit, release, user_limit, ready.",
 		}, []string{"op"}),
+		loadRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_load_rejections_total",
+			Help: "Requests answered at once because a cap on requests in progress or buffered bytes was reached, by code: overloaded (the replica's, 503), too_many_requests_in_progress (the client's, 429).",
+		}, []string{"code"}),
+		connRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_connection_limit_total",
+			Help: "Connections past SLUICE_MAX_CONNS, by action: idle_closed (an idle connection closed to make room), refused (503).",
+		}, []string{"action"}),
 		panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_panics_total",
 			Help: "Panics recovered while handling a request.",
 		}),
 	}
 	m.reg.MustRegister(m.requests, m.requestDuration, m.admissions, m.queueWait, m.inflight, m.graceHeld,
-		m.vendorAttempts, m.retries, m.userRejections, m.redisErrors, m.panics,
+		m.vendorAttempts, m.retries, m.userRejections, m.redisErrors, m.loadRejections, m.connRejections, m.panics,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

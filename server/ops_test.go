@@ -34,6 +34,7 @@ func metricValue(t *testing.T, h *harness, series string) string {
 
 func TestHealthAndReadiness(t *testing.T) {
 	h := newHarness(t, nil, nil)
+	h.srv.ready.ttl = 0 // every probe checks
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get(h.gw.URL + path)
 		if err != nil {
@@ -122,7 +123,7 @@ func TestPanic(t *testing.T) {
 // panicHeld hands out leases whose Held panics.
 type panicHeld struct{ *fakeAdmitter }
 
-func (p panicHeld) Acquire(ctx context.Context) (Lease, error) {
+func (p panicHeld) Acquire(ctx context.Context) (vendorLease, error) {
 	l, err := p.fakeAdmitter.Acquire(ctx)
 	if err != nil {
 		return nil, err
@@ -130,7 +131,7 @@ func (p panicHeld) Acquire(ctx context.Context) (Lease, error) {
 	return panicLease{l}, nil
 }
 
-type panicLease struct{ Lease }
+type panicLease struct{ vendorLease }
 
 func (panicLease) Held() bool { panic("lease: boom") }
 

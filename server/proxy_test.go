@@ -21,6 +21,7 @@ func TestForwardsToVendor(t *testing.T) {
 		b, _ := io.ReadAll(r.Body)
 		vendorSaw <- seen{r.Clone(context.Background()), string(b)}
 		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Openai-Processing-Ms", "7")
 		w.Header().Set("X-Vendor", "v")
 		w.Header().Set("Set-Cookie", "vendor=1")
 		w.Header().Set("X-Request-Id", "vendor-id")
@@ -47,7 +48,7 @@ func TestForwardsToVendor(t *testing.T) {
 	if got.Header.Get("Openai-Beta") != "b" || got.Header.Get("X-Request-Id") != "rid-1" {
 		t.Errorf("headers not forwarded: %v", got.Header)
 	}
-	if resp.Header.Get("X-Vendor") != "v" || resp.Header.Get("Set-Cookie") != "" || resp.Header.Get("X-Request-Id") != "rid-1" {
+	if resp.Header.Get("Openai-Processing-Ms") != "7" || resp.Header.Get("X-Vendor") != "" || resp.Header.Get("Set-Cookie") != "" || resp.Header.Get("X-Request-Id") != "rid-1" {
 		t.Errorf("answer headers: %v", resp.Header)
 	}
 	if resp.Header.Get("X-Sluice-Queue-Wait") == "" {
@@ -76,7 +77,7 @@ func TestOtherV1Paths(t *testing.T) {
 	}
 }
 
-// TestStatusTable checks each row of DESIGN.md's status table that the
+// TestStatusTable checks each row of the gateway's status table that the
 // fake admitter can produce; per-user limit and Redis rows are in
 // middleware_test.go and redis_test.go.
 func TestStatusTable(t *testing.T) {
@@ -130,7 +131,7 @@ func TestStatusTable(t *testing.T) {
 		}
 	})
 	t.Run("vendor 4xx: passed through, not retried", func(t *testing.T) {
-		for _, code := range []int{400, 401, 403, 404, 409, 422} {
+		for _, code := range []int{400, 404, 409, 422} {
 			h := newHarness(t, func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Type", "application/json")
 				w.WriteHeader(code)

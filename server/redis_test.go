@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/redistest"
+	"github.com/sluicehq/sluice/semaphore"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
@@ -235,10 +236,10 @@ func TestQueueDeadlineStoreOrBudget(t *testing.T) {
 		acquire error // the admitter's error; nil: it waits out the deadline
 		code    string
 	}{
-		{"the store did not answer a call", fmt.Errorf("%w: %w: i/o timeout", ErrQueueTimeout, ErrUnavailable), "backend_unavailable"},
-		{"the store fails", fmt.Errorf("%w: acquire: connection refused", ErrUnavailable), "backend_unavailable"},
+		{"the store did not answer a call", fmt.Errorf("%w: %w: i/o timeout", semaphore.ErrQueueTimeout, semaphore.ErrUnavailable), "backend_unavailable"},
+		{"the store fails", fmt.Errorf("%w: acquire: connection refused", semaphore.ErrUnavailable), "backend_unavailable"},
 		{"waited out", nil, "queue_timeout"},
-		{"known in advance", fmt.Errorf("%w: next token in 2s", ErrQueueTimeout), "queue_timeout"},
+		{"known in advance", fmt.Errorf("%w: next token in 2s", semaphore.ErrQueueTimeout), "queue_timeout"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			h := newHarness(t, nil, map[string]string{"SLUICE_CONCURRENCY": "1", "SLUICE_QUEUE_TIMEOUT": "400ms"})
@@ -295,7 +296,7 @@ func TestEmbeddedRedis(t *testing.T) {
 	vendor := httptest.NewServer(openaiVendor)
 	defer vendor.Close()
 	cfg.UpstreamURL, _ = url.Parse(vendor.URL)
-	s, err := New(cfg, Options{Redis: rdb, Logger: slog.New(slog.DiscardHandler)})
+	s, err := newGateway(cfg, gatewayOptions{Redis: rdb, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,19 +16,23 @@ import (
 	"github.com/sluicehq/sluice/limiter"
 )
 
-// Server is the sluice gateway: an Echo application that forwards /v1/* to
+// gateway is the sluice gateway: an Echo application that forwards /v1/* to
 // the vendor through the stack of the package documentation. It is an
 // http.Handler; Serve runs it on a listener with graceful shutdown.
-type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	echo    *echo.Echo
-	rdb     redis.UniversalClient
-	adm     Admitter
-	users   *limiter.KeyLimiter // nil: no per-user limit
-	keys    [][sha256.Size]byte // digests of the client keys; none: no auth
-	client  *http.Client
-	metrics *metrics
+type gateway struct {
+	cfg   Config
+	log   *slog.Logger
+	echo  *echo.Echo
+	rdb   redis.UniversalClient
+	adm   admitter
+	users *limiter.KeyLimiter // nil: no per-user limit
+	keys  [][sha256.Size]byte // digests of the client keys; none: no auth
+	// idSecret keys the HMAC of client ids (see clientID).
+	idSecret []byte
+	load     *loadCaps
+	client   *http.Client
+	metrics  *metrics
+	ready    readiness
 	// sleep waits between attempts; tests replace it to observe backoffs.
 	sleep func(ctx context.Context, d time.Duration) error
 	// work counts requests in progress and background work on the store
@@ -40,36 +44,39 @@ type Server struct {
 	closeErr  error
 }
 
-// Options are the collaborators of a Server.
-type Options struct {
+// gatewayOptions are the collaborators of a gateway.
+type gatewayOptions struct {
 	// Redis is the shared store of the per-user limit and of readiness,
-	// and of admission unless Admitter is set. Required.
+	// and of admission unless admitter is set. Required.
 	Redis redis.UniversalClient
-	// Admitter admits vendor calls. Nil: the cluster semaphore with the
+	// admitter admits vendor calls. Nil: the cluster semaphore with the
 	// budget's token bucket, on Redis (package semaphore).
-	Admitter Admitter
+	admitter admitter
 	// Logger receives the JSON access log and warnings. Nil: slog.Default().
 	Logger *slog.Logger
 }
 
-// New returns a gateway for cfg (as LoadConfig returns it). Close it to
+// newGateway returns a gateway for cfg (as LoadConfig returns it). Close it to
 // release its leases.
-func New(cfg Config, opt Options) (*Server, error) {
+func newGateway(cfg Config, opt gatewayOptions) (*gateway, error) {
 	if opt.Redis == nil {
-		return nil, errors.New("server: Options.Redis is required")
+		return nil, errors.New("server: gatewayOptions.Redis is required")
 	}
 	if cfg.UpstreamURL == nil {
 		return nil, errors.New("server: Config.UpstreamURL is required")
 	}
-	s := &Server{
+	s := &gateway{
 		cfg:     cfg,
 		log:     opt.Logger,
 		rdb:     opt.Redis,
-		adm:     opt.Admitter,
+		adm:     opt.admitter,
 		client:  &http.Client{Transport: newTransport(cfg), CheckRedirect: noRedirects},
 		metrics: newMetrics(),
 		sleep:   sleepCtx,
+		load:    newLoad(cfg),
 	}
+	s.ready.ttl = readyFor
+	s.idSecret = idSecret(cfg)
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -94,19 +101,12 @@ func New(cfg Config, opt Options) (*Server, error) {
 	return s, nil
 }
 
-// noRedirects passes a vendor redirect to the client instead of following
-// it: following would be a vendor call the budget never admitted.
-func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-
 // routes builds the Echo application, its middleware in the order of the
 // stack.
-func (s *Server) routes() *echo.Echo {
+func (s *gateway) routes() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	e.IPExtractor = echo.ExtractIPDirect()
-	if s.cfg.TrustProxy {
-		e.IPExtractor = echo.ExtractIPFromXFFHeader() // trusts loopback and private-network proxies
-	}
+	e.IPExtractor = func(r *http.Request) string { return s.clientAddr(r).String() }
 	// observe answers every error below it; this only keeps Echo's own
 	// error format out, should an error ever come from above it.
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
@@ -114,10 +114,31 @@ func (s *Server) routes() *echo.Echo {
 		writeError(c, ae)
 	}
 	e.Use(requestID, s.observe, s.recoverPanic)
-	e.GET("/healthz", s.healthz)
+	e.GET("/healthz", s.healthz) // load balancers probe it; it touches nothing
+	if s.cfg.OpsListen == "" {
+		s.opsRoutes(e)
+	}
+	e.Match(proxiedMethods, "/v1/*", s.proxy, s.limitBody, s.authenticate, s.limitLoad, s.limitUser, s.deadline)
+	return e
+}
+
+// opsRoutes adds the routes of operators: readiness and metrics.
+func (s *gateway) opsRoutes(e *echo.Echo) {
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(s.metrics.handler()))
-	e.Match(proxiedMethods, "/v1/*", s.proxy, s.limitBody, s.authenticate, s.limitUser, s.deadline)
+}
+
+// opsHandler serves the routes of operators alone, for SLUICE_OPS_LISTEN.
+func (s *gateway) opsHandler() http.Handler {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = func(err error, c echo.Context) {
+		ae, _ := asAPIError(err)
+		writeError(c, ae)
+	}
+	e.Use(requestID, s.observe, s.recoverPanic)
+	e.GET("/healthz", s.healthz)
+	s.opsRoutes(e)
 	return e
 }
 
@@ -126,31 +147,60 @@ func (s *Server) routes() *echo.Echo {
 var proxiedMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 
 // ServeHTTP serves one request.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (s *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.work.add()
 	defer s.work.done()
 	s.echo.ServeHTTP(w, r)
 }
 
-func (s *Server) healthz(c echo.Context) error {
+func (s *gateway) healthz(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 }
 
 // readyz is red while the store is unreachable or its scripts fail, and
-// turns green again by itself when it recovers.
-func (s *Server) readyz(c echo.Context) error {
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
-	defer cancel()
-	err := s.rdb.Ping(ctx).Err()
-	if err == nil {
-		err = s.adm.Check(ctx)
-	}
-	if err != nil {
-		s.metrics.redisErrors.WithLabelValues("ready").Inc()
-		s.log.Warn("not ready", "error", err)
+// turns green again by itself when it recovers. The answer is cached for
+// readyFor: probes, however many, cost the shared store a few commands a
+// second at most.
+func (s *gateway) readyz(c echo.Context) error {
+	if err := s.ready.check(func() error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), 2*time.Second)
+		defer cancel()
+		err := s.rdb.Ping(ctx).Err()
+		if err == nil {
+			err = s.adm.Check(ctx)
+		}
+		if err != nil {
+			s.metrics.redisErrors.WithLabelValues("ready").Inc()
+			s.log.Warn("not ready", "error", err)
+		}
+		return err
+	}); err != nil {
 		return errNotReady
 	}
 	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// readyFor is how long a readiness answer is reused.
+const readyFor = time.Second
+
+// readiness caches the last readiness check; one check runs at a time and
+// the probes that arrive meanwhile share its answer.
+type readiness struct {
+	ttl  time.Duration // readyFor; tests set 0
+	mu   sync.Mutex
+	at   time.Time
+	last error
+}
+
+func (r *readiness) check(probe func() error) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.at.IsZero() && time.Since(r.at) < r.ttl {
+		return r.last
+	}
+	r.last = probe()
+	r.at = time.Now()
+	return r.last
 }
 
 // errShutdownCut is the cause of the context of a request that the
@@ -169,22 +219,25 @@ const cutWait = 2 * time.Second
 // (cause errShutdownCut), so each answers 503 shutting_down (a stream
 // already under way just ends) and releases its lease; it waits up to
 // cutWait for them, then closes what is left. Only when no request runs
-// and no lease release is under way does it close the Server (the admitter
+// and no lease release is under way does it close the gateway (the admitter
 // releases anything still held), so the caller may then close Redis. It
 // returns nil after a clean shutdown.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+func (s *gateway) Serve(ctx context.Context, ln net.Listener) error {
 	base, cut := context.WithCancelCause(context.Background())
 	defer cut(nil)
+	lim := newConnLimit(ln, s.cfg.MaxConns, s.metrics)
 	hs := &http.Server{
 		Handler:           s,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       s.cfg.RequestTimeout, // a body must arrive within the SLA
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ConnState:         lim.connState,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
+	go func() { served <- hs.Serve(lim) }()
 	select {
 	case err := <-served:
 		return errors.Join(err, s.Close())
@@ -213,7 +266,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // releases under way, releases every lease the gateway still holds and
 // stops the admitter's background work. It does not close the Redis client,
 // which the caller owns.
-func (s *Server) Close() error {
+func (s *gateway) Close() error {
 	s.closeOnce.Do(func() {
 		if !s.work.wait(cutWait + s.cfg.CancelGrace) {
 			s.log.Warn("closing with requests or lease releases still running; the admitter releases their leases", "count", s.work.count())
@@ -224,26 +277,76 @@ func (s *Server) Close() error {
 	return s.closeErr
 }
 
-// Run is sluice serve: it opens Redis (or the embedded one), builds the
-// gateway, listens on cfg.Listen and serves until ctx ends (SIGTERM), then
-// shuts down gracefully and releases every lease.
+// bindAddr is the address to listen on: SLUICE_LISTEN, but on loopback only
+// when there are no client keys and SLUICE_ALLOW_NO_AUTH is not set, for an
+// open relay on the network would spend the vendor key for anyone.
+func bindAddr(cfg Config) string {
+	if len(cfg.APIKeys) > 0 || cfg.AllowNoAuth || isLoopback(cfg.Listen) {
+		return cfg.Listen
+	}
+	_, port, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return cfg.Listen // net.Listen says what is wrong with it
+	}
+	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// Run is sluice serve: it listens (see Listen), opens Redis (or the
+// embedded one), builds the gateway and serves until ctx ends (SIGTERM),
+// then shuts down gracefully and releases every lease.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	ln, err := Listen(cfg, log)
+	if err != nil {
+		return err
+	}
+	return Serve(ctx, cfg, log, ln)
+}
+
+// Listen opens the gateway's listener on SLUICE_LISTEN, on loopback only
+// when there are no client keys and SLUICE_ALLOW_NO_AUTH is not set (with a
+// warning saying so).
+func Listen(cfg Config, log *slog.Logger) (net.Listener, error) {
+	listen := bindAddr(cfg)
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case listen != cfg.Listen:
+		log.Warn("SLUICE_API_KEYS is unset: listening on loopback only; set SLUICE_API_KEYS, or SLUICE_ALLOW_NO_AUTH=true to serve the network without auth",
+			"listen", listen)
+	case len(cfg.APIKeys) == 0:
+		log.Warn("SLUICE_API_KEYS is unset: clients are not authenticated; the per-client limits are per client IP")
+	}
+	return ln, nil
+}
+
+// Serve is Run on a listener the caller opened with Listen (a caller that
+// must know its address before serving, as sluice demo does). It closes ln.
+func Serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) error {
 	redis.SetLogger(redisLogger{log})
 	rdb, closeRedis, err := OpenRedis(cfg, log)
 	if err != nil {
+		_ = ln.Close()
 		return err
 	}
 	defer closeRedis()
-	s, err := New(cfg, Options{Redis: rdb, Logger: log})
+	s, err := newGateway(cfg, gatewayOptions{Redis: rdb, Logger: log})
 	if err != nil {
+		_ = ln.Close()
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return errors.Join(err, s.Close())
-	}
-	if len(cfg.APIKeys) == 0 {
-		log.Warn("SLUICE_API_KEYS is unset: clients are not authenticated; the per-user limit, if any, is per client IP")
+	if cfg.OpsListen != "" {
+		ops, err := net.Listen("tcp", cfg.OpsListen)
+		if err != nil {
+			_ = ln.Close()
+			return errors.Join(err, s.Close())
+		}
+		hs := &http.Server{Handler: s.opsHandler(), ReadHeaderTimeout: readHeaderTimeout, MaxHeaderBytes: maxHeaderBytes,
+			IdleTimeout: cfg.IdleTimeout, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		go func() { _ = hs.Serve(ops) }()
+		defer hs.Close()
+		log.Info("operations listener (/healthz, /readyz, /metrics)", "addr", ops.Addr().String())
 	}
 	log.Info("sluice serve listening",
 		"addr", ln.Addr().String(), "upstream", cfg.UpstreamURL.Redacted(), "budget", cfg.Budget,

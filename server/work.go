@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// tracker counts the work of a Server that must end before its admitter and
+// tracker counts the work of a gateway that must end before its admitter and
 // its Redis client close: requests being handled, leases held through their
 // cancel grace. Its zero value is ready to use.
 type tracker struct {

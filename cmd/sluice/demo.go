@@ -41,8 +41,9 @@ The demo's own defaults are listed below; every variable works as for serve.`
 // demoFallback are the demo's defaults: a budget small enough to see it
 // hold, large enough to play with.
 var demoFallback = map[string]string{
-	"SLUICE_RATE":  "10/s",
-	"SLUICE_BURST": "2",
+	"SLUICE_RATE":            "10/s",
+	"SLUICE_BURST":           "2",
+	"SLUICE_FORWARD_HEADERS": "X-Mock-Status,X-Mock-Latency,X-Mock-Stream-Cut",
 }
 
 func runDemo(args []string) int {
@@ -54,7 +55,7 @@ func runDemo(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	d.writeIntro(os.Stdout)
-	if err := d.gateway.Serve(ctx, d.ln); err != nil {
+	if err := d.serve(ctx); err != nil {
 		d.log.Error("sluice demo stopped on an error", "error", err.Error())
 		return 1
 	}
@@ -67,7 +68,6 @@ type demo struct {
 	cfg        server.Config
 	log        *slog.Logger
 	ln         net.Listener // the gateway's
-	gateway    *server.Server
 	gatewayURL string
 	// statsURL is the mock vendor's /stats; empty when the upstream is
 	// another vendor (SLUICE_UPSTREAM_URL set).
@@ -77,7 +77,7 @@ type demo struct {
 
 // startDemo reads the configuration, takes the gateway's port (failing
 // with a hint when it is busy, before anything claims to run), starts the
-// mock vendor enforcing the configured budget and builds the gateway. When
+// mock vendor enforcing the configured budget; serve then builds and runs the gateway. When
 // ok is false the command exits with code, the reason written to stderr.
 func startDemo(args []string, stderr io.Writer) (d *demo, code int, ok bool) {
 	d = &demo{}
@@ -103,7 +103,7 @@ func startDemo(args []string, stderr io.Writer) (d *demo, code int, ok bool) {
 	}
 	d.log = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: d.cfg.LogLevel}))
 
-	if d.ln, err = net.Listen("tcp", d.cfg.Listen); err != nil {
+	if d.ln, err = server.Listen(d.cfg, d.log); err != nil {
 		hint := ""
 		if errors.Is(err, syscall.EADDRINUSE) {
 			hint = " (another sluice may hold it: stop that one, or pick another port, e.g. --listen 127.0.0.1:8081)"
@@ -129,16 +129,11 @@ func startDemo(args []string, stderr io.Writer) (d *demo, code int, ok bool) {
 		mockLn.Close()
 	}
 
-	rdb, closeRedis, err := server.OpenRedis(d.cfg, d.log)
-	if err != nil {
-		return fail("%v", err)
-	}
-	d.closers = append(d.closers, func() { closeRedis() })
-	if d.gateway, err = server.New(d.cfg, server.Options{Redis: rdb, Logger: d.log}); err != nil {
-		return fail("%v", err)
-	}
 	return d, 0, true
 }
+
+// serve runs the gateway on the demo's listener until ctx ends.
+func (d *demo) serve(ctx context.Context) error { return server.Serve(ctx, d.cfg, d.log, d.ln) }
 
 // demoVendorOptions are the mock vendor's: some latency, some errors, and
 // the gateway's budget enforced, as a strict vendor would (with the jitter

@@ -29,7 +29,7 @@ func TestDemoIntroAndEnforcedBudget(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- d.gateway.Serve(ctx, d.ln) }()
+	go func() { served <- d.serve(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-served; err != nil {

@@ -24,9 +24,16 @@ func init() {
 const serveIntro = `Runs the gateway: POST /v1/chat/completions and every other /v1/* path go to
 SLUICE_UPSTREAM_URL within the vendor budget shared, through Redis, by every
 replica with the same SLUICE_REDIS_URL and SLUICE_BUDGET. Also serves
-GET /healthz, /readyz and /metrics. SIGTERM drains requests in flight for
-SLUICE_SHUTDOWN_TIMEOUT, then cuts the rest (503 shutting_down), releases
-every lease and exits 0.`
+GET /healthz, /readyz and /metrics (the last two on SLUICE_OPS_LISTEN when
+set). SIGTERM drains requests in flight for SLUICE_SHUTDOWN_TIMEOUT, then
+cuts the rest (503 shutting_down), releases every lease and exits 0.
+
+Without SLUICE_API_KEYS it listens on loopback only (an open relay spends
+your vendor key) unless SLUICE_ALLOW_NO_AUTH=true. What one replica holds is
+bounded: connections (SLUICE_MAX_CONNS), request headers (32 KiB, within
+10s), requests in progress and buffered body bytes, per replica (503) and per
+client (429), and the time a client may take to read each chunk of an answer
+(SLUICE_WRITE_TIMEOUT, never past the call deadline).`
 
 func runServe(args []string) int {
 	cfg, code, ok := loadServeConfig("serve", serveIntro, args, nil)

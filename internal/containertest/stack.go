@@ -304,6 +304,7 @@ func (s *Stack) gatewayEnv() map[string]string {
 		"SLUICE_SHUTDOWN_TIMEOUT": o.ShutdownTimeout.String(),
 		"SLUICE_API_KEYS":         ClientKey,
 		"SLUICE_LOG_LEVEL":        "info",
+		"SLUICE_FORWARD_HEADERS":  "X-Mock-Latency", // the slow request's, for the mock vendor
 	}
 }
 

@@ -160,6 +160,7 @@ func startSystem(t *testing.T) *run {
 		"SLUICE_SHUTDOWN_TIMEOUT": "2s",
 		"SLUICE_API_KEYS":         clientKey,
 		"SLUICE_LOG_LEVEL":        "info",
+		"SLUICE_FORWARD_HEADERS":  "X-Mock-Latency", // the slow request's, for the mock vendor
 	}
 	// A newer gateway waits this long, after a client cancels its vendor
 	// call, for the vendor to see the call end before the slot goes to

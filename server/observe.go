@@ -2,9 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -12,19 +9,18 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
-
-	"github.com/sluicehq/sluice/internal/redisstate"
 )
 
 // record is what the access log and the metrics learn about one request as
 // it goes down the stack. The middleware and the handler fill it in.
 type record struct {
 	requestID string
-	// user is the identity of the per-user limit, already hashed when it
-	// comes from a client key: "key-<hash>" or "ip-<address>".
+	// user is the client's identity for the per-client limits and the
+	// log: "key-<HMAC of the key>" or "ip-<address or IPv6 /64>".
 	user string
 	// outcome is set when the handler knows better than the status.
 	outcome string
@@ -34,6 +30,10 @@ type record struct {
 	stream    bool
 	attempts  int
 	queueWait time.Duration
+	// tokens is the up-front token estimate of a chat request.
+	tokens int64
+	// buffered is the request body bytes reserved against the load caps.
+	buffered int64
 }
 
 const recordKey = "sluice.record"
@@ -53,6 +53,27 @@ func (r *record) setQueueWait(h http.Header) {
 	}
 }
 
+// Bounds of what the log takes from a request: a client chooses these
+// strings, and must not be able to write megabytes of log per request.
+const (
+	maxLoggedPath   = 256
+	maxLoggedModel  = 100
+	maxLoggedDetail = 512
+)
+
+// truncate cuts s to at most n bytes on a UTF-8 boundary, marking the cut
+// with "...".
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
 // requestID takes the client's X-Request-Id when it is short and plain, else
 // makes one, and returns it on the response.
 func requestID(next echo.HandlerFunc) echo.HandlerFunc {
@@ -70,8 +91,9 @@ func requestID(next echo.HandlerFunc) echo.HandlerFunc {
 // below it (an error, a recovered panic, a client gone), it writes the answer
 // of a returned error, then counts and logs the request: this is the
 // shielded end of every request, it takes no context and cannot be
-// cancelled.
-func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
+// cancelled. A client gone before its answer gets none: its connection is
+// closed (the status 499 is only for the log and the metrics).
+func (s *gateway) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
 		rec := &record{requestID: c.Response().Header().Get(echo.HeaderXRequestID)}
@@ -85,7 +107,7 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			if rec.outcome == "" {
 				rec.outcome = e.Code
 			}
-			if !c.Response().Committed {
+			if !c.Response().Committed && e != errClientClosed {
 				rec.setQueueWait(c.Response().Header())
 				writeError(c, e)
 			}
@@ -93,7 +115,8 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 
 		res := c.Response()
 		status := res.Status
-		if rec.outcome == errClientClosed.Code {
+		gone := rec.outcome == errClientClosed.Code
+		if gone {
 			status = statusClientClosed
 		}
 		if rec.outcome == "" {
@@ -114,19 +137,25 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		s.log.LogAttrs(context.WithoutCancel(c.Request().Context()), level, "request",
 			slog.String("request_id", rec.requestID),
-			slog.String("method", c.Request().Method),
-			slog.String("path", c.Request().URL.Path),
+			slog.String("method", truncate(c.Request().Method, 16)),
+			slog.String("path", truncate(c.Request().URL.EscapedPath(), maxLoggedPath)),
 			slog.Int("status", status),
 			slog.String("outcome", rec.outcome),
 			slog.String("user", rec.user),
 			slog.String("model", rec.model),
 			slog.Bool("stream", rec.stream),
+			slog.Int64("tokens_estimate", rec.tokens),
 			slog.Int("attempts", rec.attempts),
 			slog.Int64("queue_wait_ms", rec.queueWait.Milliseconds()),
-			slog.String("detail", rec.detail),
+			slog.String("detail", truncate(rec.detail, maxLoggedDetail)),
 			slog.Int64("bytes_out", res.Size),
 			slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
 		)
+		if gone && !res.Committed {
+			// No answer at all rather than a status nobody defined: net/http
+			// closes the connection quietly.
+			panic(http.ErrAbortHandler)
+		}
 		return nil
 	}
 }
@@ -134,7 +163,7 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 // recoverPanic turns a panic below it into errInternal (a clean answer, no
 // stack to the client) and logs the stack. Deferred cleanups of the handler,
 // the lease release among them, have run by the time it recovers.
-func (s *Server) recoverPanic(next echo.HandlerFunc) echo.HandlerFunc {
+func (s *gateway) recoverPanic(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) (err error) {
 		defer func() {
 			r := recover()
@@ -150,96 +179,6 @@ func (s *Server) recoverPanic(next echo.HandlerFunc) echo.HandlerFunc {
 			recordOf(c).outcome = "panic"
 			err = errInternal
 		}()
-		return next(c)
-	}
-}
-
-// limitBody answers 413 for a body declared too large, and makes reading a
-// larger undeclared (chunked) body fail with *http.MaxBytesError, which the
-// handler answers with 413 too.
-func (s *Server) limitBody(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		req := c.Request()
-		if req.ContentLength > s.cfg.MaxBody {
-			return errTooLarge
-		}
-		req.Body = http.MaxBytesReader(c.Response(), req.Body, s.cfg.MaxBody)
-		return next(c)
-	}
-}
-
-// authenticate checks the client's bearer key against SLUICE_API_KEYS, in
-// constant time, and sets the identity of the per-user limit: the hashed key,
-// or without auth the client IP (from X-Forwarded-For only with
-// SLUICE_TRUST_PROXY; see Server.New).
-func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		rec := recordOf(c)
-		if len(s.keys) == 0 {
-			rec.user = "ip-" + c.RealIP()
-			return next(c)
-		}
-		scheme, key, _ := strings.Cut(c.Request().Header.Get(echo.HeaderAuthorization), " ")
-		key = strings.TrimSpace(key)
-		if !strings.EqualFold(scheme, "Bearer") || key == "" {
-			return errUnauthorized("missing_api_key", "missing API key: send Authorization: Bearer <key>")
-		}
-		if !s.validKey(key) {
-			return errUnauthorized("invalid_api_key", "invalid API key")
-		}
-		rec.user = "key-" + redisstate.HashKey(key)[:16]
-		return next(c)
-	}
-}
-
-// validKey compares the SHA-256 of key with the digest of every accepted key,
-// without stopping at a match, so the time taken says nothing about the keys.
-func (s *Server) validKey(key string) bool {
-	sum := sha256.Sum256([]byte(key))
-	match := 0
-	for _, k := range s.keys {
-		match |= subtle.ConstantTimeCompare(sum[:], k[:])
-	}
-	return match == 1
-}
-
-// limitUser applies the per-user REJECT limit (SLUICE_USER_RATE). A store
-// failure fails closed, as admission does.
-func (s *Server) limitUser(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		if s.users == nil {
-			return next(c)
-		}
-		ctx := c.Request().Context()
-		d, err := s.users.Allow(ctx, recordOf(c).user)
-		if err != nil {
-			if ctx.Err() != nil { // the client went away, or the shutdown cut the request
-				return endedAnswer(ctx)
-			}
-			s.metrics.redisErrors.WithLabelValues("user_limit").Inc()
-			s.log.Warn("per-user limit failed", "request_id", recordOf(c).requestID, "error", err)
-			return errBackend(s.cfg.QueueTimeout)
-		}
-		d.SetHeaders(c.Response().Header())
-		if !d.Allowed {
-			s.metrics.userRejections.Inc()
-			return errUserLimited
-		}
-		return next(c)
-	}
-}
-
-// errRequestDeadline is the cause of a request context whose SLA expired.
-var errRequestDeadline = errors.New("server: request deadline")
-
-// deadline bounds the whole request, retries and streaming included, by
-// SLUICE_REQUEST_TIMEOUT. The handler answers 504 when the cause of its
-// context's end is errRequestDeadline.
-func (s *Server) deadline(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		ctx, cancel := context.WithTimeoutCause(c.Request().Context(), s.cfg.RequestTimeout, errRequestDeadline)
-		defer cancel()
-		c.SetRequest(c.Request().WithContext(ctx))
 		return next(c)
 	}
 }

@@ -1,0 +1,169 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+)
+
+// passedResponseHeaders are the vendor headers the client receives: what
+// describes the answer's body, the vendor's Retry-After and model facts.
+// Everything else stays here: cookies, CORS, authentication challenges,
+// the vendor's organization, project and rate-limit headers (they describe
+// the vendor key, not this client), hop-by-hop headers.
+var passedResponseHeaders = []string{
+	"Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Type", "Etag",
+	"Last-Modified", "Openai-Model", "Openai-Processing-Ms", "Openai-Version", "Retry-After", "Retry-After-Ms",
+}
+
+// passHeaders copies the allowlisted vendor headers to the client's, where
+// the gateway did not set them itself: its own headers win.
+func passHeaders(dst, vendor http.Header) {
+	for _, name := range passedResponseHeaders {
+		if v := vendor.Values(name); len(v) > 0 && dst.Get(name) == "" {
+			dst[name] = append([]string(nil), v...)
+		}
+	}
+}
+
+// writeChunk is how much of a buffered answer is written per write deadline.
+const writeChunk = 64 << 10
+
+// respond passes the vendor's answer of a successful attempt to the client,
+// then ends the call (lease released, shielded) whatever happens.
+func (s *gateway) respond(c echo.Context, cl *call) error {
+	defer cl.finish()
+	rec := recordOf(c)
+	res := c.Response()
+	passHeaders(res.Header(), cl.resp.Header)
+	rec.setQueueWait(res.Header())
+	if cl.resp.StatusCode >= 400 {
+		rec.outcome = "vendor_4xx"
+	}
+	if cl.body == nil {
+		return s.stream(c, cl)
+	}
+	if code := cl.resp.StatusCode; code != http.StatusNoContent && code != http.StatusNotModified {
+		res.Header().Set(echo.HeaderContentLength, strconv.Itoa(len(cl.body)))
+	}
+	// The lease is released already; each write still has its deadline, so
+	// a client that stops reading frees its connection and memory too.
+	rc := http.NewResponseController(res)
+	res.WriteHeader(cl.resp.StatusCode)
+	for b := cl.body; len(b) > 0; {
+		n := min(len(b), writeChunk)
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		if _, err := res.Write(b[:n]); err != nil {
+			clientWriteFailed(rec, err)
+			return nil
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// stream passes gateway-Sent Events through as they come, one flush per read,
+// while the call (and its lease) stays open. Each write has a short deadline
+// (SLUICE_WRITE_TIMEOUT), never past the call deadline: a client that stops
+// reading cannot hold the vendor slot beyond it. The status is sent first,
+// so from here on nothing can be retried or changed: a stream that breaks is
+// recorded (outcome stream_cut, or the client gone or too slow, or the
+// request deadline) and simply ends. A stream is complete only when the
+// vendor sent its "data: [DONE]" line before the end.
+func (s *gateway) stream(c echo.Context, cl *call) error {
+	rec := recordOf(c)
+	rec.stream = true
+	res := c.Response()
+	rc := http.NewResponseController(res)
+	callDeadline, _ := cl.ctx.Deadline()
+	write := func(p []byte) error {
+		d := time.Now().Add(s.cfg.WriteTimeout)
+		if d.After(callDeadline) {
+			d = callDeadline
+		}
+		_ = rc.SetWriteDeadline(d)
+		if len(p) > 0 {
+			if _, err := res.Write(p); err != nil {
+				return err
+			}
+		}
+		return rc.Flush()
+	}
+	res.Header().Set("X-Accel-Buffering", "no") // no buffering in an nginx in front
+	res.WriteHeader(cl.resp.StatusCode)
+	if err := write(nil); err != nil {
+		clientWriteFailed(rec, err)
+		return nil
+	}
+	var done doneScanner
+	buf := make([]byte, 16<<10)
+	for {
+		n, err := cl.resp.Body.Read(buf)
+		if n > 0 {
+			done.scan(buf[:n])
+			if werr := write(buf[:n]); werr != nil {
+				clientWriteFailed(rec, werr)
+				return nil
+			}
+		}
+		switch {
+		case errors.Is(err, io.EOF):
+			if !done.complete() {
+				rec.outcome, rec.detail = "stream_cut", "the vendor ended the stream without data: [DONE]"
+			}
+			return nil
+		case err != nil:
+			cl.failed(err)
+			f := cl.failure(err)
+			rec.outcome, rec.detail = "stream_cut", "the stream broke: "+f.detail
+			if f.answer != nil {
+				rec.outcome = f.answer.Code
+			}
+			return nil
+		}
+	}
+}
+
+// clientWriteFailed records why writing the answer failed: the client did
+// not read in time (its write deadline passed), or went away.
+func clientWriteFailed(rec *record, err error) {
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		rec.outcome, rec.detail = "client_too_slow", "the client did not read the answer in time"
+		return
+	}
+	rec.outcome, rec.detail = errClientClosed.Code, "the client went away during the answer"
+}
+
+// doneMarker is the data line that ends an OpenAI stream.
+var doneMarker = []byte("data: [DONE]")
+
+// doneScanner watches an SSE byte stream, across read boundaries, for the
+// line "data: [DONE]".
+type doneScanner struct {
+	line []byte // the start of the current line, at most len(doneMarker)+1 bytes
+	seen bool
+}
+
+func (d *doneScanner) scan(p []byte) {
+	for _, b := range p {
+		if b == '\n' {
+			d.seen = d.seen || d.isMarker()
+			d.line = d.line[:0]
+		} else if len(d.line) <= len(doneMarker) {
+			d.line = append(d.line, b)
+		}
+	}
+}
+
+func (d *doneScanner) isMarker() bool {
+	return bytes.Equal(bytes.TrimSuffix(d.line, []byte("\r")), doneMarker)
+}
+
+// complete reports whether the marker was seen, as a last line too.
+func (d *doneScanner) complete() bool { return d.seen || d.isMarker() }
