@@ -27,8 +27,8 @@ type Request struct {
 	// its headers counts as 200.
 	Status int
 	// Tokens is the token estimate of a chat request, charged at Start
-	// (zero for others and for requests rejected before their body was
-	// read).
+	// (zero for other requests, for those refused for their tokens, and for
+	// those rejected before their body was read).
 	Tokens int64
 	// Settled is the part of the answer's usage.total_tokens above Tokens,
 	// charged at End.
@@ -394,9 +394,6 @@ func (r *recorder) chargeTokens(t *ticket, est int64) verdict {
 		return verdict{} // arrived before the last reset: not measured
 	}
 	r.tokens[0] += est
-	if i, ok := r.index(t.seq); ok {
-		r.recs[i].Tokens = est
-	}
 	var v verdict
 	if r.tok.enabled() {
 		tat, early := r.tok.check(t.start, est)
@@ -417,6 +414,8 @@ func (r *recorder) chargeTokens(t *ticket, est int64) verdict {
 			t.charged = false
 		}
 		t.tokens = 0 // nothing was charged
+	} else if i, ok := r.index(t.seq); ok {
+		r.recs[i].Tokens = est
 	}
 	t.verdict = v
 	t.rl = r.rateState(max(t.start, time.Since(r.epoch)))
