@@ -122,5 +122,3 @@ func TestInvalidTokenAndOutageOptions(t *testing.T) {
 		t.Error("StartOutage(600): no error")
 	}
 }
-
-func nan() float64 { var z float64; return z / z }
