@@ -35,9 +35,9 @@
 // during an outage (taking nothing from the Limit); 429 at once if it breaks
 // the enforced Options.Limit's concurrency or request rate; 404/405 for
 // unknown paths and methods; 401 without the configured key; 413 for a body
-// over 4 MiB; 400 for malformed JSON; 429 at once if its tokens break the
-// Limit; 400 for a malformed X-Mock-* header; then, after the latency, the
-// forced status, or a random 500 or 429, or the answer. A client that goes
+// over 4 MiB; 400 for malformed JSON or a malformed X-Mock-* header; 429 at
+// once if its tokens break the Limit; then, after the latency, the forced
+// status, or a random 500 or 429, or the answer. A client that goes
 // away before the answer is complete is recorded as StatusClientGone (499).
 //
 // # Tokens, as OpenAI counts them

@@ -43,8 +43,9 @@ type Options struct {
 	// Retry-After header (after the latency), independent of Limit. Zero:
 	// none. ErrorRate+RateLimitRate must not exceed 1.
 	RateLimitRate float64
-	// RetryAfter is the Retry-After of random, forced and concurrency 429s,
-	// sent in whole seconds rounded up. Zero: DefaultRetryAfter.
+	// RetryAfter is the Retry-After of random, forced, outage and
+	// concurrency 429s, sent in whole seconds rounded up (and in
+	// retry-after-ms). Zero: DefaultRetryAfter.
 	RetryAfter time.Duration
 
 	// APIKey, when set, is required as "Authorization: Bearer <APIKey>" on

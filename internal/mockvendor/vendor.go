@@ -191,6 +191,15 @@ func (v *Vendor) serveVendor(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "We could not parse the JSON body of your request: "+err.Error(), "invalid_json")
 			return
 		}
+	}
+
+	forced, latency, cutMode, err := v.forced(r.Header)
+	if err != nil {
+		reply(http.StatusBadRequest)
+		writeError(w, http.StatusBadRequest, err.Error(), "invalid_mock_header")
+		return
+	}
+	if method == http.MethodPost {
 		est := req.estimate(v.opt.DefaultMaxTokens)
 		tv := v.rec.chargeTokens(t, est)
 		setRateHeaders(h, t.rl)
@@ -207,13 +216,6 @@ func (v *Vendor) serveVendor(w http.ResponseWriter, r *http.Request) {
 				req.model(), l.TokenPeriod, l.TokenBurst, t.rl.tokRemaining, est, durationHeader(tv.retryAfter)), "rate_limit_exceeded")
 			return
 		}
-	}
-
-	forced, latency, cutMode, err := v.forced(r.Header)
-	if err != nil {
-		reply(http.StatusBadRequest)
-		writeError(w, http.StatusBadRequest, err.Error(), "invalid_mock_header")
-		return
 	}
 	if latency > 0 {
 		timer := time.NewTimer(latency)
