@@ -2,6 +2,7 @@ package mockvendor_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -346,5 +347,51 @@ func TestTokensUnderLoad(t *testing.T) {
 	}
 	if status[429] == 0 {
 		t.Errorf("demand of %d tokens never exceeded the burst of %d", sent, burst)
+	}
+}
+
+// TestCancelledStreamsKeepTheirEstimate: streams whose clients go away
+// mid-answer keep their estimate charged and settle nothing; an answer the
+// vendor cuts settles as if whole; finished answers settle their excess.
+func TestCancelledStreamsKeepTheirEstimate(t *testing.T) {
+	const n = 8
+	srv := mockvendortest.Start(t, mockvendor.Options{CompletionTokens: 2000, StreamInterval: time.Hour,
+		Limit: mockvendor.Limit{TokenRate: 1_000_000, TokenPeriod: 1000 * time.Hour}})
+	srv.Client().Transport.(*http.Transport).MaxIdleConnsPerHost = 2 * n
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	streams := make([]*http.Response, n)
+	for i := range streams {
+		wg.Go(func() { streams[i] = openStream(t, ctx, srv) }) // default allowance: 1024 each
+	}
+	for range n {
+		wg.Go(func() {
+			status, _, e := call(t, srv, "POST", "/v1/chat/completions", `{"messages":[]}`, nil)
+			if status != 200 {
+				t.Errorf("plain answer: %d %v", status, e)
+			}
+		})
+	}
+	wg.Wait() // every stream is in flight, every plain answer done
+	cancel()
+	for _, r := range streams {
+		if r != nil {
+			r.Body.Close()
+		}
+	}
+	cut, _, _ := call(t, srv, "POST", "/v1/chat/completions", `{"messages":[]}`, // streams here pause an hour
+		map[string]string{mockvendor.HeaderStreamCut: "1", mockvendor.HeaderLatency: "0s"})
+	srv.HTTP.Close() // waits for every handler to end
+	s := srv.Stats()
+	const est, used = 1024, 2000 // no prompt words
+	finished := int64(n + 1)     // the plain answers and the cut one
+	if cut != 200 || s.ByStatus[mockvendor.StatusClientGone] != n || s.StreamCuts != 1 {
+		t.Fatalf("cut %d, stats %+v", cut, s)
+	}
+	if s.TokenArrivals != (2*n+1)*est || s.TokensUsed != finished*used || s.TokensSettled != finished*(used-est) {
+		t.Errorf("token arrivals %d, used %d, settled %d", s.TokenArrivals, s.TokensUsed, s.TokensSettled)
+	}
+	if got, want := s.MaxTokensInWindow(time.Hour), (2*n+1)*est+finished*(used-est); got != want {
+		t.Errorf("most tokens in an hour %d, want %d", got, want)
 	}
 }
