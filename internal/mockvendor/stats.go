@@ -115,7 +115,7 @@ func tokenEvents(reqs []Request) []tokenEvent {
 		if r.Tokens > 0 {
 			ev = append(ev, tokenEvent{r.Start, r.Tokens})
 		}
-		if r.Settled > 0 {
+		if r.Settled > 0 && r.Status != 0 { // charged at End, once known
 			ev = append(ev, tokenEvent{r.End, r.Settled})
 		}
 	}
