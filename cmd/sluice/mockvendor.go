@@ -82,8 +82,9 @@ func mockVendorFlags() (fs *toolFlagSet, build func() (mockvendor.Options, strin
 	fs = newToolFlagSet("mockvendor", `Serves POST /v1/chat/completions (plain and "stream": true), GET /v1/models,
 GET /stats?window=1s[&step=100ms] (a time series with step), POST
 /stats/reset and GET /healthz. Per request, the
-headers X-Mock-Status: 503, X-Mock-Latency: 200ms and X-Mock-Stream-Cut: 1
-force a status, a latency and a cut answer. Answers carry usage and, for
+headers X-Mock-Status: 503, X-Mock-Latency: 200ms, X-Mock-Stream-Cut: 1 and
+X-Mock-Completion-Tokens: 3000 force a status, a latency, a cut answer and
+the usage. Answers carry usage and, for
 each enforced rate, OpenAI's x-ratelimit-* headers; its 429s Retry-After and
 retry-after-ms. POST /outage?for=20s&status=500 starts an outage (without
 for: until DELETE /outage ends it).`)

@@ -58,8 +58,8 @@
 //
 // Answers carry usage: prompt_tokens (words of the string contents: a real
 // tokenizer differs from the estimate too), completion_tokens
-// (Options.CompletionTokens, or CompletionFraction of the allowance, else the
-// number of chunks) and total_tokens. A stream carries it only when the
+// (X-Mock-Completion-Tokens, else Options.CompletionTokens, else
+// CompletionFraction of the allowance, else the number of chunks) and total_tokens. A stream carries it only when the
 // request asks with stream_options.include_usage: then every chunk has
 // "usage": null and a last chunk with empty choices carries it, as OpenAI
 // sends it. When an answer ends, what its total_tokens used above the
@@ -98,6 +98,8 @@
 //	X-Mock-Stream-Cut: 1    abort the connection mid-answer (after half of
 //	                        the chunks of a stream, half of the body of a
 //	                        plain answer); "0" never cuts
+//	X-Mock-Completion-Tokens: 3000
+//	                        the completion_tokens of this answer's usage
 //
 // Statistics are exact and safe for concurrent use. Counters never lose
 // anything; the per-request records (arrival, end, status, tokens) are a

@@ -398,3 +398,28 @@ func TestCancelledStreamsKeepTheirEstimate(t *testing.T) {
 		t.Errorf("most tokens in an hour %d, want %d", got, want)
 	}
 }
+
+// TestCompletionTokensHeader: X-Mock-Completion-Tokens sets one answer's
+// usage, above or below its estimate, and the excess is settled.
+func TestCompletionTokensHeader(t *testing.T) {
+	srv := mockvendortest.Start(t, mockvendor.Options{CompletionTokens: 3})
+	for _, tc := range []struct {
+		hdr     string
+		status  int
+		settled int64
+	}{
+		{"0", 200, 0},
+		{"500", 200, 500 - 10},
+		{"-1", 400, 0},
+		{"many", 400, 0},
+	} {
+		srv.Reset()
+		status, _, e := call(t, srv, "POST", "/v1/chat/completions", chatBody(0, 10, ""), map[string]string{mockvendor.HeaderCompletionTokens: tc.hdr})
+		if s := srv.Stats(); status != tc.status || s.TokensSettled != tc.settled {
+			t.Errorf("%s: %d %v, settled %d, want %d and %d", tc.hdr, status, e, s.TokensSettled, tc.status, tc.settled)
+		}
+		if status == 400 && e["code"] != "invalid_mock_header" {
+			t.Errorf("%s: %v", tc.hdr, e)
+		}
+	}
+}

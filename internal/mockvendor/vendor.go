@@ -25,6 +25,10 @@ const (
 	// HeaderStreamCut set to "1" cuts the answer mid-body (mid-stream for
 	// streams) by aborting the connection; "0" never cuts.
 	HeaderStreamCut = "X-Mock-Stream-Cut"
+	// HeaderCompletionTokens overrides the completion_tokens of the
+	// answer's usage, e.g. "3000", making the real usage of one request
+	// higher or lower than its estimate.
+	HeaderCompletionTokens = "X-Mock-Completion-Tokens"
 )
 
 // maxBody bounds the request bodies the vendor reads.
@@ -194,6 +198,12 @@ func (v *Vendor) serveVendor(w http.ResponseWriter, r *http.Request) {
 	}
 
 	forced, latency, cutMode, err := v.forced(r.Header)
+	completionTokens := -1 // from the options
+	if s := r.Header.Get(HeaderCompletionTokens); s != "" && err == nil {
+		if completionTokens, err = strconv.Atoi(s); err != nil || completionTokens < 0 || completionTokens > maxAllowance {
+			err = fmt.Errorf("%s: %q is not a token count in 0-%d", HeaderCompletionTokens, s, maxAllowance)
+		}
+	}
 	if err != nil {
 		reply(http.StatusBadRequest)
 		writeError(w, http.StatusBadRequest, err.Error(), "invalid_mock_header")
@@ -260,7 +270,10 @@ func (v *Vendor) serveVendor(w http.ResponseWriter, r *http.Request) {
 	}
 	// The answer's usage is settled as it ends: what it used above the
 	// estimate is charged then.
-	u := req.usage(v.completionTokens(&req))
+	if completionTokens < 0 {
+		completionTokens = v.completionTokens(&req)
+	}
+	u := req.usage(completionTokens)
 	reply = func(code int) {
 		status = code
 		v.rec.settle(t, int64(u.TotalTokens))
