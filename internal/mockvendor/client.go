@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -15,10 +16,10 @@ import (
 // DefaultClientTimeout bounds each call of a Client whose Timeout is zero.
 const DefaultClientTimeout = 5 * time.Second
 
-// Client reads and resets a running Vendor's statistics over HTTP: GET
-// /stats and POST /stats/reset, the endpoints ServeHTTP defines. It is what
-// the load tool and the end-to-end and container tests use; safe for
-// concurrent use.
+// Client reads and resets a running Vendor's statistics over HTTP (GET
+// /stats and POST /stats/reset) and starts and ends its outages (POST and
+// DELETE /outage), the endpoints ServeHTTP defines. It is what the load
+// tool and the end-to-end and container tests use; safe for concurrent use.
 type Client struct {
 	statsURL *url.URL
 	http     *http.Client
@@ -95,6 +96,47 @@ func (c *Client) Reset(ctx context.Context) error {
 		return fmt.Errorf("mockvendor: vendor reset: %w", err)
 	}
 	return nil
+}
+
+// StartOutage makes the vendor answer status (400-599) to every measured
+// request from now on, for d (zero: until EndOutage): POST
+// /outage?status=S&for=D.
+func (c *Client) StartOutage(ctx context.Context, status int, d time.Duration) error {
+	v := url.Values{"status": {strconv.Itoa(status)}}
+	if d > 0 {
+		v.Set("for", d.String())
+	}
+	if err := c.control(ctx, http.MethodPost, v); err != nil {
+		return fmt.Errorf("mockvendor: start outage: %w", err)
+	}
+	return nil
+}
+
+// EndOutage ends the vendor's outage, started by hand or scheduled:
+// DELETE /outage.
+func (c *Client) EndOutage(ctx context.Context) error {
+	if err := c.control(ctx, http.MethodDelete, nil); err != nil {
+		return fmt.Errorf("mockvendor: end outage: %w", err)
+	}
+	return nil
+}
+
+// control sends a request to /outage, next to /stats, expecting a 2xx.
+func (c *Client) control(ctx context.Context, method string, q url.Values) error {
+	u := *c.statsURL
+	u.Path = strings.TrimSuffix(strings.TrimSuffix(u.Path, "/"), "/stats") + "/outage"
+	u.RawQuery = q.Encode()
+	return c.do(ctx, method, u.String(), func(resp *http.Response) error {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		if resp.StatusCode/100 != 2 {
+			var e apiError
+			if json.Unmarshal(b, &e) == nil && e.Error.Message != "" {
+				return fmt.Errorf("%s: %s", resp.Status, e.Error.Message)
+			}
+			return errors.New(resp.Status)
+		}
+		return nil
+	})
 }
 
 // maxStatsBody bounds a /stats answer: a full Series is well below it.

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // chatRequest is the part of a chat completion request the vendor reads.
@@ -16,6 +17,9 @@ type chatRequest struct {
 	StreamOptions *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
+	MaxTokens           *int64 `json:"max_tokens"`
+	MaxCompletionTokens *int64 `json:"max_completion_tokens"`
+	N                   *int64 `json:"n"`
 }
 
 type chatMessage struct {
@@ -43,6 +47,57 @@ func (r *chatRequest) promptTokens() int {
 		}
 	}
 	return n
+}
+
+// Bounds of the token estimate's factors: a hostile max_tokens or n cannot
+// overflow it (OpenAI allows n up to 128).
+const (
+	maxAllowance = 1 << 32
+	maxN         = 128
+)
+
+// allowance is the output allowance of r: max_tokens, else
+// max_completion_tokens, else def, times n (default 1).
+func (r *chatRequest) allowance(def int) int64 {
+	per := int64(def)
+	switch {
+	case r.MaxTokens != nil:
+		per = *r.MaxTokens
+	case r.MaxCompletionTokens != nil:
+		per = *r.MaxCompletionTokens
+	}
+	n := int64(1)
+	if r.N != nil {
+		n = *r.N
+	}
+	return min(max(per, 0), maxAllowance) * min(max(n, 1), maxN)
+}
+
+// estimate is the token cost of r as OpenAI counts it at arrival:
+// ceil(characters of all message contents / 4) plus the allowance.
+// Characters are Unicode code points of string contents and of the text of
+// "text" content parts; other parts (images, audio) count nothing.
+func (r *chatRequest) estimate(def int) int64 {
+	chars := 0
+	for _, m := range r.Messages {
+		var s string
+		if json.Unmarshal(m.Content, &s) == nil {
+			chars += utf8.RuneCountInString(s)
+			continue
+		}
+		var parts []struct {
+			Type string `json:"type"`
+			Text string `json:"text"`
+		}
+		if json.Unmarshal(m.Content, &parts) == nil {
+			for _, p := range parts {
+				if p.Type == "text" {
+					chars += utf8.RuneCountInString(p.Text)
+				}
+			}
+		}
+	}
+	return int64((chars+3)/4) + r.allowance(def)
 }
 
 type usage struct {
@@ -91,7 +146,9 @@ type chunk struct {
 	Created int64         `json:"created"`
 	Model   string        `json:"model"`
 	Choices []chunkChoice `json:"choices"`
-	Usage   *usage        `json:"usage,omitempty"`
+	// Usage is absent unless the request asked for it; then it is null on
+	// every chunk but the last, as OpenAI sends it.
+	Usage any `json:"usage,omitempty"`
 }
 
 var words = strings.Fields("Hello from the sluice mock vendor, answering as fast as it was told to.")
@@ -111,14 +168,15 @@ func pieces(n int) []string {
 
 func completionID(seq uint64) string { return "chatcmpl-mock" + strconv.FormatUint(seq, 10) }
 
-func (r *chatRequest) usage(n int) usage {
+// usage is the usage of an answer to r with the given completion tokens.
+func (r *chatRequest) usage(completion int) usage {
 	p := r.promptTokens()
-	return usage{PromptTokens: p, CompletionTokens: n, TotalTokens: p + n}
+	return usage{PromptTokens: p, CompletionTokens: completion, TotalTokens: p + completion}
 }
 
-// completion is the plain answer to r; its text has the same pieces as a
-// stream of n chunks would.
-func completion(seq uint64, r *chatRequest, n int) chatCompletion {
+// completion is the plain answer to r with usage u; its text has the same
+// pieces as a stream of n chunks would.
+func completion(seq uint64, r *chatRequest, n int, u usage) chatCompletion {
 	return chatCompletion{
 		ID:      completionID(seq),
 		Object:  "chat.completion",
@@ -128,15 +186,20 @@ func completion(seq uint64, r *chatRequest, n int) chatCompletion {
 			Message:      message{Role: "assistant", Content: strings.Join(pieces(n), "")},
 			FinishReason: "stop",
 		}},
-		Usage: r.usage(n),
+		Usage: u,
 	}
 }
 
 // chunks is the streamed answer to r: n content chunks (the first carries
-// the role), a final chunk with finish_reason "stop", and a usage chunk when
-// the request asked for it with stream_options.include_usage.
-func chunks(seq uint64, r *chatRequest, n int) []chunk {
+// the role), a final chunk with finish_reason "stop", and, when the request
+// asked for it with stream_options.include_usage, a last chunk with empty
+// choices and usage u (the others then carry "usage": null).
+func chunks(seq uint64, r *chatRequest, n int, u usage) []chunk {
 	base := chunk{ID: completionID(seq), Object: "chat.completion.chunk", Created: time.Now().Unix(), Model: r.model()}
+	withUsage := r.StreamOptions != nil && r.StreamOptions.IncludeUsage
+	if withUsage {
+		base.Usage = json.RawMessage("null")
+	}
 	out := make([]chunk, 0, n+2)
 	for i, p := range pieces(n) {
 		c := base
@@ -151,10 +214,9 @@ func chunks(seq uint64, r *chatRequest, n int) []chunk {
 	c := base
 	c.Choices = []chunkChoice{{FinishReason: &stop}}
 	out = append(out, c)
-	if r.StreamOptions != nil && r.StreamOptions.IncludeUsage {
+	if withUsage {
 		c := base
-		u := r.usage(n)
-		c.Choices, c.Usage = []chunkChoice{}, &u
+		c.Choices, c.Usage = []chunkChoice{}, u
 		out = append(out, c)
 	}
 	return out
@@ -200,16 +262,21 @@ func codeFor(status int) string {
 // writeError writes an OpenAI-shaped error; 429s have type "requests" as
 // OpenAI's do, other 4xx "invalid_request_error", 5xx "server_error".
 func writeError(w http.ResponseWriter, status int, msg, code string) {
-	var e apiError
-	e.Error.Message = msg
+	typ := "invalid_request_error"
 	switch {
 	case status == http.StatusTooManyRequests:
-		e.Error.Type = "requests"
+		typ = "requests"
 	case status >= 500:
-		e.Error.Type = "server_error"
-	default:
-		e.Error.Type = "invalid_request_error"
+		typ = "server_error"
 	}
+	writeErrorOfType(w, status, typ, msg, code)
+}
+
+// writeErrorOfType writes an OpenAI-shaped error of the given type.
+func writeErrorOfType(w http.ResponseWriter, status int, typ, msg, code string) {
+	var e apiError
+	e.Error.Message = msg
+	e.Error.Type = typ
 	if code != "" {
 		e.Error.Code = &code
 	}

@@ -1,6 +1,7 @@
 package mockvendor
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"sync"
@@ -25,6 +26,13 @@ type Request struct {
 	// away first, and 0 while the request is in flight. A stream cut after
 	// its headers counts as 200.
 	Status int
+	// Tokens is the token estimate of a chat request, charged at Start
+	// (zero for other requests, for those refused for their tokens, and for
+	// those rejected before their body was read).
+	Tokens int64
+	// Settled is the part of the answer's usage.total_tokens above Tokens,
+	// charged at End.
+	Settled int64
 }
 
 // Stats is a snapshot of what the vendor observed since its creation or its
@@ -49,9 +57,17 @@ type Stats struct {
 	// ByStatus plus the requests of this epoch still in flight.
 	ByStatus map[int]int64
 	// ConcurrencyViolations and RateViolations count arrivals that broke
-	// Options.Limit's concurrency and rate; Violations counts the requests
-	// answered 429 for it (a request breaking both counts once).
-	Violations, ConcurrencyViolations, RateViolations int64
+	// Options.Limit's concurrency and rate, TokenViolations the requests
+	// answered 429 for its tokens; Violations counts the requests answered
+	// 429 for any of them (a request breaking two counts once).
+	Violations, ConcurrencyViolations, RateViolations, TokenViolations int64
+	// TokenArrivals is the sum of the token estimates of the chat requests
+	// whose body was read (whatever their answer); TokensSettled the sum of
+	// the usage above the estimate charged after answers; TokensUsed the
+	// sum of usage.total_tokens of the 2xx chat answers.
+	TokenArrivals, TokensSettled, TokensUsed int64
+	// OutageAnswers counts the requests answered by an outage.
+	OutageAnswers int64
 	// StreamCuts counts answers the vendor cut on purpose.
 	StreamCuts int64
 	// MeanOKLatency is the mean time from arrival to end of the 2xx answers.
@@ -78,20 +94,122 @@ func (s Stats) MaxInWindow(w time.Duration) int {
 	return invariant.MaxInWindow(starts, w)
 }
 
+// MaxTokensInWindow returns the most tokens charged within any closed
+// window [t, t+w]: each retained request's Tokens at its Start and Settled
+// at its End. Under an enforced Limit it is at most TokenBurst +
+// TokenRate*w/TokenPeriod (plus what Jitter forgives).
+func (s Stats) MaxTokensInWindow(w time.Duration) int64 {
+	return maxTokensInWindow(tokenEvents(s.Requests), w)
+}
+
+// tokenEvent is a charge of tokens at a moment.
+type tokenEvent struct {
+	at     time.Duration
+	tokens int64
+}
+
+// tokenEvents lists the token charges of reqs.
+func tokenEvents(reqs []Request) []tokenEvent {
+	var ev []tokenEvent
+	for _, r := range reqs {
+		if r.Tokens > 0 {
+			ev = append(ev, tokenEvent{r.Start, r.Tokens})
+		}
+		if r.Settled > 0 && r.Status != 0 { // charged at End, once known
+			ev = append(ev, tokenEvent{r.End, r.Settled})
+		}
+	}
+	return ev
+}
+
+// maxTokensInWindow is the largest sum of tokens of the events within any
+// closed window of length w; ev is sorted in place.
+func maxTokensInWindow(ev []tokenEvent, w time.Duration) int64 {
+	if w < 0 {
+		return 0
+	}
+	slices.SortFunc(ev, func(a, b tokenEvent) int { return cmp.Compare(a.at, b.at) })
+	var best, sum int64
+	lo := 0
+	for _, e := range ev {
+		sum += e.tokens
+		for e.at-ev[lo].at > w {
+			sum -= ev[lo].tokens
+			lo++
+		}
+		best = max(best, sum)
+	}
+	return best
+}
+
 // verdict is the vendor's decision on an arrival under its Limit.
 type verdict struct {
 	concurrency, rate bool          // which limits the arrival broke
+	tokens, tooLarge  bool          // broke the token limit; cannot ever fit
 	retryAfter        time.Duration // suggested wait when rejected
 }
 
-func (v verdict) rejected() bool { return v.concurrency || v.rate }
+func (v verdict) rejected() bool { return v.concurrency || v.rate || v.tokens }
 
 // ticket is a request's handle on the recorder between arrival and end.
 type ticket struct {
 	seq   uint64
 	start time.Duration // offset from the epoch current at arrival
 	verdict
-	done bool
+	outage  int   // status to answer for an outage; 0: none
+	tokens  int64 // the token estimate, once known
+	charged bool  // the request took a request token
+	rl      rateState
+	done    bool
+}
+
+// rateState is what the x-ratelimit-* headers of an answer say; a limit of
+// zero means the bucket is not enforced.
+type rateState struct {
+	reqLimit, reqRemaining int64
+	reqReset               time.Duration
+	tokLimit, tokRemaining int64
+	tokReset               time.Duration
+}
+
+// gcra is a bucket of burst units refilled one per interval, kept as a
+// theoretical arrival time tat (ns from the epoch): full when tat <= now,
+// else holding (tau - (tat-now))/interval units, tau being burst*interval.
+type gcra struct {
+	interval, tau, jitter, tat float64
+	burst                      int64
+}
+
+func newGCRA(rate int, period time.Duration, burst int, jitter time.Duration) gcra {
+	if rate <= 0 {
+		return gcra{}
+	}
+	iv := float64(period) / float64(rate)
+	return gcra{interval: iv, tau: float64(burst) * iv, jitter: float64(jitter), burst: int64(burst)}
+}
+
+func (g *gcra) enabled() bool { return g.burst > 0 }
+
+// check reports the tat after taking cost units at now, and how early that
+// is when the units do not fit (more than jitter early); it changes nothing.
+func (g *gcra) check(now time.Duration, cost int64) (tat float64, early time.Duration) {
+	t := float64(now)
+	tat = max(g.tat, t) + float64(cost)*g.interval
+	if e := tat - g.tau - g.jitter - t; e > 0 {
+		return tat, time.Duration(e)
+	}
+	return tat, 0
+}
+
+// charge takes cost units at now, fitting or not (a debt delays the next).
+func (g *gcra) charge(now time.Duration, cost int64) {
+	g.tat = max(g.tat, float64(now)) + float64(cost)*g.interval
+}
+
+// state reports the units left at now and the time until the bucket is full.
+func (g *gcra) state(now time.Duration) (remaining int64, reset time.Duration) {
+	debt := max(g.tat-float64(now), 0)
+	return max(int64((g.tau-debt)/g.interval), 0), time.Duration(debt)
 }
 
 // recorder holds the counters, the ring of request records and the limit
@@ -101,13 +219,16 @@ type recorder struct {
 	limit      Limit
 	maxRecords int
 
+	schedule    Outage // the outage of each epoch
 	mu          sync.Mutex
 	epoch       time.Time
 	inFlight    int
 	maxInFlight int
 	arrivals    int64
 	byStatus    map[int]int64
-	violations  [3]int64 // total, concurrency, rate
+	violations  [4]int64 // total, concurrency, rate, tokens
+	tokens      [3]int64 // arrived, settled, used
+	outages     int64
 	streamCuts  int64
 	okSum       time.Duration
 	okCount     int64
@@ -115,13 +236,62 @@ type recorder struct {
 	head        int
 	firstSeq    uint64 // first seq of this epoch
 	nextSeq     uint64
-	tat         float64 // GCRA theoretical arrival time, ns from epoch
+	req, tok    gcra   // the request and token buckets
+	manual      outage // the outage started with POST /outage
+	sched       Outage // the schedule of this epoch (cut short by an end)
+}
+
+// outage is an outage started by hand: on until until (zero: until ended).
+type outage struct {
+	on     bool
+	until  time.Time
+	status int
 }
 
 func newRecorder(limit Limit, maxRecords int) *recorder {
-	r := &recorder{limit: limit, maxRecords: maxRecords}
+	return newRecorderWithOutage(limit, maxRecords, Outage{})
+}
+
+func newRecorderWithOutage(limit Limit, maxRecords int, o Outage) *recorder {
+	r := &recorder{limit: limit, maxRecords: maxRecords, schedule: o}
 	r.reset()
 	return r
+}
+
+// setOutage starts an outage of status now for d (zero: until ended), or
+// ends the current one when status is zero.
+func (r *recorder) setOutage(status int, d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.manual = outage{on: status != 0, status: status}
+	if d > 0 {
+		r.manual.until = time.Now().Add(d)
+	}
+	if status == 0 { // ending by hand ends the scheduled one too
+		now := time.Since(r.epoch)
+		if o := r.sched; o.Duration > 0 && now >= o.Start && now < o.Start+o.Duration {
+			r.sched.Duration = now - o.Start
+		}
+	}
+}
+
+// outageNow returns the status of the outage now, 0 when there is none.
+func (r *recorder) outageNow() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.outageStatus(time.Since(r.epoch))
+}
+
+// outageStatus returns the status of the outage at now, 0 when there is
+// none; r.mu is held.
+func (r *recorder) outageStatus(now time.Duration) int {
+	if m := r.manual; m.on && (m.until.IsZero() || time.Now().Before(m.until)) {
+		return m.status
+	}
+	if o := r.sched; o.Duration > 0 && now >= o.Start && now < o.Start+o.Duration {
+		return cmp.Or(o.Status, DefaultOutageStatus)
+	}
+	return 0
 }
 
 // reset starts a new epoch; requests in flight stay counted in inFlight.
@@ -132,11 +302,15 @@ func (r *recorder) reset() {
 	r.maxInFlight = r.inFlight
 	r.arrivals = 0
 	r.byStatus = map[int]int64{}
-	r.violations = [3]int64{}
+	r.violations = [4]int64{}
+	r.tokens, r.outages = [3]int64{}, 0
 	r.streamCuts, r.okSum, r.okCount = 0, 0, 0
 	r.recs, r.head = r.recs[:0], 0
 	r.firstSeq = r.nextSeq
-	r.tat = 0 // a full bucket
+	r.sched = r.schedule
+	l := r.limit // full buckets
+	r.req = newGCRA(l.Rate, l.period(), l.burst(), l.Jitter)
+	r.tok = newGCRA(l.TokenRate, l.tokenPeriod(), l.tokenBurst(), l.Jitter)
 }
 
 // arrive records an arrival and decides it under the limit.
@@ -156,7 +330,14 @@ func (r *recorder) arrive() *ticket {
 		r.head = (r.head + 1) % len(r.recs)
 	}
 
+	if t.outage = r.outageStatus(now); t.outage != 0 {
+		r.outages++
+		t.rl = r.rateState(now)
+		return t
+	}
 	t.verdict = r.decide(now)
+	t.charged = r.req.enabled() && !t.rejected()
+	t.rl = r.rateState(now)
 	if t.concurrency {
 		r.violations[1]++
 	}
@@ -174,25 +355,93 @@ func (r *recorder) arrive() *ticket {
 // bucket is charged only for admitted arrivals.
 func (r *recorder) decide(now time.Duration) verdict {
 	var v verdict
-	l := r.limit
-	if l.Concurrency > 0 && r.inFlight > l.Concurrency {
+	if l := r.limit; l.Concurrency > 0 && r.inFlight > l.Concurrency {
 		v.concurrency = true
 	}
-	var interval, tat float64
-	if l.Rate > 0 {
-		interval = float64(l.period()) / float64(l.Rate)
-		tolerance := float64(l.burst()-1)*interval + float64(l.Jitter)
-		t := float64(now)
-		if early := r.tat - tolerance - t; early > 0 {
-			v.rate = true
-			v.retryAfter = time.Duration(early)
-		}
-		tat = max(r.tat, t) + interval
+	if !r.req.enabled() {
+		return v
 	}
-	if !v.rejected() && l.Rate > 0 {
-		r.tat = tat
+	tat, early := r.req.check(now, 1)
+	v.rate, v.retryAfter = early > 0, early
+	if !v.rejected() {
+		r.req.tat = tat
 	}
 	return v
+}
+
+// rateState reads both buckets at now; r.mu is held.
+func (r *recorder) rateState(now time.Duration) rateState {
+	var s rateState
+	if r.req.enabled() {
+		s.reqLimit = r.req.burst
+		s.reqRemaining, s.reqReset = r.req.state(now)
+	}
+	if r.tok.enabled() {
+		s.tokLimit = r.tok.burst
+		s.tokRemaining, s.tokReset = r.tok.state(now)
+	}
+	return s
+}
+
+// chargeTokens records the token estimate of t's request and decides it
+// under the token limit at its arrival. A request rejected for its tokens
+// gives back its request token: it takes nothing.
+func (r *recorder) chargeTokens(t *ticket, est int64) verdict {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t.tokens = est
+	if t.seq < r.firstSeq {
+		return verdict{} // arrived before the last reset: not measured
+	}
+	r.tokens[0] += est
+	var v verdict
+	if r.tok.enabled() {
+		tat, early := r.tok.check(t.start, est)
+		switch {
+		case est > r.tok.burst:
+			v.tokens, v.tooLarge = true, true
+		case early > 0:
+			v.tokens, v.retryAfter = true, early
+		default:
+			r.tok.tat = tat
+		}
+	}
+	if v.tokens {
+		r.violations[0]++
+		r.violations[3]++
+		if t.charged {
+			r.req.tat -= r.req.interval
+			t.charged = false
+		}
+		t.tokens = 0 // nothing was charged
+	} else if i, ok := r.index(t.seq); ok {
+		r.recs[i].Tokens = est
+	}
+	t.verdict = v
+	t.rl = r.rateState(max(t.start, time.Since(r.epoch)))
+	return v
+}
+
+// settle records the usage of t's 2xx answer and charges what it used
+// above the estimate, at now.
+func (r *recorder) settle(t *ticket, used int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t.seq < r.firstSeq {
+		return
+	}
+	r.tokens[2] += used
+	excess := used - t.tokens
+	if excess <= 0 {
+		return
+	}
+	r.tokens[1] += excess
+	if i, ok := r.index(t.seq); ok {
+		r.recs[i].Settled = excess
+	}
+	if r.tok.enabled() {
+		r.tok.charge(time.Since(r.epoch), excess)
+	}
 }
 
 // finish records the end of t's request with the given answer. It is
@@ -246,6 +495,11 @@ func (r *recorder) snapshot(withRequests bool) Stats {
 		Violations:            r.violations[0],
 		ConcurrencyViolations: r.violations[1],
 		RateViolations:        r.violations[2],
+		TokenViolations:       r.violations[3],
+		TokenArrivals:         r.tokens[0],
+		TokensSettled:         r.tokens[1],
+		TokensUsed:            r.tokens[2],
+		OutageAnswers:         r.outages,
 		StreamCuts:            r.streamCuts,
 		Dropped:               r.arrivals - int64(len(r.recs)),
 	}
@@ -277,6 +531,14 @@ func (r *recorder) maxInWindow(w time.Duration) (n, retained int) {
 		return 0, len(ts)
 	}
 	return invariant.MaxInWindow(ts, w), len(ts)
+}
+
+// maxTokensInWindow computes MaxTokensInWindow without copying the records.
+func (r *recorder) maxTokensInWindow(w time.Duration) int64 {
+	r.mu.Lock()
+	ev := tokenEvents(r.recs) // the order of the ring does not matter
+	r.mu.Unlock()
+	return maxTokensInWindow(ev, w)
 }
 
 // secondsCeil rounds d up to whole seconds, at least 1.

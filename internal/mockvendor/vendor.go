@@ -1,11 +1,13 @@
 package mockvendor
 
 import (
+	"cmp"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -23,6 +25,10 @@ const (
 	// HeaderStreamCut set to "1" cuts the answer mid-body (mid-stream for
 	// streams) by aborting the connection; "0" never cuts.
 	HeaderStreamCut = "X-Mock-Stream-Cut"
+	// HeaderCompletionTokens overrides the completion_tokens of the
+	// answer's usage, e.g. "3000", making the real usage of one request
+	// higher or lower than its estimate.
+	HeaderCompletionTokens = "X-Mock-Completion-Tokens"
 )
 
 // maxBody bounds the request bodies the vendor reads.
@@ -50,11 +56,21 @@ func New(opt Options) (*Vendor, error) {
 	if opt.MaxRecords == 0 {
 		opt.MaxRecords = DefaultMaxRecords
 	}
+	if opt.DefaultMaxTokens == 0 {
+		opt.DefaultMaxTokens = DefaultMaxTokens
+	}
 	if opt.Limit.Rate > 0 {
 		opt.Limit.Period = opt.Limit.period()
 		opt.Limit.Burst = opt.Limit.burst()
 	}
-	return &Vendor{opt: opt, rec: newRecorder(opt.Limit, opt.MaxRecords)}, nil
+	if opt.Limit.TokenRate > 0 {
+		opt.Limit.TokenPeriod = opt.Limit.tokenPeriod()
+		opt.Limit.TokenBurst = opt.Limit.tokenBurst()
+	}
+	if opt.Outage.Duration > 0 {
+		opt.Outage.Status = cmp.Or(opt.Outage.Status, DefaultOutageStatus)
+	}
+	return &Vendor{opt: opt, rec: newRecorderWithOutage(opt.Limit, opt.MaxRecords, opt.Outage)}, nil
 }
 
 // Options returns the options in effect, defaults filled in.
@@ -63,9 +79,25 @@ func (v *Vendor) Options() Options { return v.opt }
 // Stats returns a snapshot of the statistics, with the request records.
 func (v *Vendor) Stats() Stats { return v.rec.snapshot(true) }
 
-// Reset starts a new epoch: counters, records and the limit's bucket start
-// afresh. Requests in flight stay counted in InFlight until they end.
+// Reset starts a new epoch: counters, records, the limit's buckets and the
+// scheduled Outage start afresh. Requests in flight stay counted in
+// InFlight until they end; an outage started with StartOutage goes on.
 func (v *Vendor) Reset() { v.rec.reset() }
+
+// StartOutage makes every measured request answer status (400-599) at once
+// from now on, for d (zero: until EndOutage); it replaces any outage
+// started before.
+func (v *Vendor) StartOutage(status int, d time.Duration) error {
+	if status < 400 || status > 599 || d < 0 {
+		return fmt.Errorf("mockvendor: outage of status %d for %v: want a status in 400-599 and a non-negative duration", status, d)
+	}
+	v.rec.setOutage(status, d)
+	return nil
+}
+
+// EndOutage ends the outage now, whether started with StartOutage or
+// scheduled by Options.Outage.
+func (v *Vendor) EndOutage() { v.rec.setOutage(0, 0) }
 
 // ServeHTTP implements http.Handler.
 func (v *Vendor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -82,6 +114,8 @@ func (v *Vendor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		v.Reset()
 		w.WriteHeader(http.StatusNoContent)
+	case "/outage":
+		v.serveOutage(w, r)
 	default:
 		v.serveVendor(w, r)
 	}
@@ -100,13 +134,22 @@ func (v *Vendor) serveVendor(w http.ResponseWriter, r *http.Request) {
 	}
 	h := w.Header()
 	h.Set("X-Request-Id", fmt.Sprintf("mock-%d", t.seq))
+	setRateHeaders(h, t.rl)
 
+	if code := t.outage; code != 0 {
+		if code == http.StatusTooManyRequests {
+			setRetryAfter(h, v.opt.RetryAfter)
+		}
+		reply(code)
+		writeError(w, code, fmt.Sprintf("mockvendor is down: outage answering %d %s", code, http.StatusText(code)), codeFor(code))
+		return
+	}
 	if t.rejected() {
 		ra := v.opt.RetryAfter
 		if t.rate {
-			ra = max(t.retryAfter, time.Second)
+			ra = t.retryAfter
 		}
-		h.Set("Retry-After", strconv.Itoa(secondsCeil(ra)))
+		setRetryAfter(h, ra)
 		reply(http.StatusTooManyRequests)
 		writeError(w, http.StatusTooManyRequests, "Rate limit reached (mockvendor limit enforcement).", "rate_limit_exceeded")
 		return
@@ -155,10 +198,34 @@ func (v *Vendor) serveVendor(w http.ResponseWriter, r *http.Request) {
 	}
 
 	forced, latency, cutMode, err := v.forced(r.Header)
+	completionTokens := -1 // from the options
+	if s := r.Header.Get(HeaderCompletionTokens); s != "" && err == nil {
+		if completionTokens, err = strconv.Atoi(s); err != nil || completionTokens < 0 || completionTokens > maxAllowance {
+			err = fmt.Errorf("%s: %q is not a token count in 0-%d", HeaderCompletionTokens, s, maxAllowance)
+		}
+	}
 	if err != nil {
 		reply(http.StatusBadRequest)
 		writeError(w, http.StatusBadRequest, err.Error(), "invalid_mock_header")
 		return
+	}
+	if method == http.MethodPost {
+		est := req.estimate(v.opt.DefaultMaxTokens)
+		tv := v.rec.chargeTokens(t, est)
+		setRateHeaders(h, t.rl)
+		if tv.tokens {
+			l := v.opt.Limit
+			reply(http.StatusTooManyRequests)
+			if tv.tooLarge {
+				writeErrorOfType(w, http.StatusTooManyRequests, "tokens", fmt.Sprintf("Request too large for %s on tokens per %v: Limit %d, Requested %d. The input or output tokens must be reduced in order to run successfully.",
+					req.model(), l.TokenPeriod, l.TokenBurst, est), "rate_limit_exceeded")
+				return
+			}
+			setRetryAfter(h, tv.retryAfter)
+			writeErrorOfType(w, http.StatusTooManyRequests, "tokens", fmt.Sprintf("Rate limit reached for %s on tokens per %v: Limit %d, Remaining %d, Requested %d. Please try again in %s.",
+				req.model(), l.TokenPeriod, l.TokenBurst, t.rl.tokRemaining, est, durationHeader(tv.retryAfter)), "rate_limit_exceeded")
+			return
+		}
 	}
 	if latency > 0 {
 		timer := time.NewTimer(latency)
@@ -181,7 +248,7 @@ func (v *Vendor) serveVendor(w http.ResponseWriter, r *http.Request) {
 	}
 	if code != 0 && code != http.StatusOK {
 		if code == http.StatusTooManyRequests {
-			h.Set("Retry-After", strconv.Itoa(secondsCeil(v.opt.RetryAfter)))
+			setRetryAfter(h, v.opt.RetryAfter)
 		}
 		reply(code)
 		writeError(w, code, fmt.Sprintf("mockvendor answers %d %s", code, http.StatusText(code)), codeFor(code))
@@ -196,14 +263,26 @@ func (v *Vendor) serveVendor(w http.ResponseWriter, r *http.Request) {
 	default:
 		cut = req.Stream && v.opt.StreamCutRate > 0 && rand.Float64() < v.opt.StreamCutRate
 	}
-	switch {
-	case method == http.MethodGet:
+	if method == http.MethodGet {
 		reply(http.StatusOK)
 		writeJSON(w, http.StatusOK, modelList())
-	case req.Stream:
-		status = v.stream(w, r, t.seq, &req, cut, reply)
-	default:
-		body, _ := json.Marshal(completion(t.seq, &req, v.opt.StreamChunks))
+		return
+	}
+	// The answer's usage is settled as it ends: what it used above the
+	// estimate is charged then.
+	if completionTokens < 0 {
+		completionTokens = v.completionTokens(&req)
+	}
+	u := req.usage(completionTokens)
+	reply = func(code int) {
+		status = code
+		v.rec.settle(t, int64(u.TotalTokens))
+		v.rec.finish(t, status, cut)
+	}
+	if req.Stream {
+		status = v.stream(w, r, t.seq, &req, u, cut, reply)
+	} else {
+		body, _ := json.Marshal(completion(t.seq, &req, v.opt.StreamChunks, u))
 		h.Set("Content-Type", "application/json")
 		h.Set("Content-Length", strconv.Itoa(len(body)))
 		if cut {
@@ -218,8 +297,81 @@ func (v *Vendor) serveVendor(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// stream writes a streamed completion and returns the status to record.
-func (v *Vendor) stream(w http.ResponseWriter, r *http.Request, seq uint64, req *chatRequest, cut bool, reply func(int)) int {
+// completionTokens is the completion_tokens of the usage of an answer to r.
+func (v *Vendor) completionTokens(r *chatRequest) int {
+	switch {
+	case v.opt.CompletionTokens > 0:
+		return v.opt.CompletionTokens
+	case v.opt.CompletionFraction > 0:
+		return int(math.Ceil(v.opt.CompletionFraction * float64(r.allowance(v.opt.DefaultMaxTokens))))
+	}
+	return v.opt.StreamChunks
+}
+
+// setRetryAfter sets Retry-After (whole seconds, rounded up, at least 1)
+// and OpenAI's retry-after-ms (at least 1).
+func setRetryAfter(h http.Header, d time.Duration) {
+	h.Set("Retry-After", strconv.Itoa(secondsCeil(d)))
+	h.Set("retry-after-ms", strconv.FormatInt(max(1, int64(math.Ceil(float64(d)/float64(time.Millisecond)))), 10))
+}
+
+// setRateHeaders sets OpenAI's x-ratelimit-* headers for the enforced
+// buckets: the bucket size, what is left in it and the time until it is
+// full again.
+func setRateHeaders(h http.Header, s rateState) {
+	if s.reqLimit > 0 {
+		h.Set("x-ratelimit-limit-requests", strconv.FormatInt(s.reqLimit, 10))
+		h.Set("x-ratelimit-remaining-requests", strconv.FormatInt(s.reqRemaining, 10))
+		h.Set("x-ratelimit-reset-requests", durationHeader(s.reqReset))
+	}
+	if s.tokLimit > 0 {
+		h.Set("x-ratelimit-limit-tokens", strconv.FormatInt(s.tokLimit, 10))
+		h.Set("x-ratelimit-remaining-tokens", strconv.FormatInt(s.tokRemaining, 10))
+		h.Set("x-ratelimit-reset-tokens", durationHeader(s.tokReset))
+	}
+}
+
+// durationHeader writes d as OpenAI does, a Go duration ("1s", "6m0s",
+// "20ms"), rounded up to the millisecond.
+func durationHeader(d time.Duration) string {
+	return (time.Duration(math.Ceil(float64(d)/float64(time.Millisecond))) * time.Millisecond).String()
+}
+
+// serveOutage answers POST /outage?for=20s&status=500 (start one; without
+// for, until ended) and DELETE /outage (end it), both with 204.
+func (v *Vendor) serveOutage(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodDelete:
+		v.EndOutage()
+		w.WriteHeader(http.StatusNoContent)
+	case http.MethodPost:
+		q := r.URL.Query()
+		status, d := DefaultOutageStatus, time.Duration(0)
+		var err error
+		if s := q.Get("status"); s != "" {
+			if status, err = strconv.Atoi(s); err != nil {
+				status = 0
+			}
+		}
+		if s := q.Get("for"); s != "" {
+			if d, err = time.ParseDuration(s); err != nil {
+				d = -1
+			}
+		}
+		if err := v.StartOutage(status, d); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("status %q and for %q: want a status in 400-599 and a non-negative Go duration", q.Get("status"), q.Get("for")), "invalid_outage")
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		w.Header().Set("Allow", "POST, DELETE")
+		writeError(w, http.StatusMethodNotAllowed, "use POST or DELETE /outage", "method_not_allowed")
+	}
+}
+
+// stream writes a streamed completion with usage u and returns the status
+// to record.
+func (v *Vendor) stream(w http.ResponseWriter, r *http.Request, seq uint64, req *chatRequest, u usage, cut bool, reply func(int)) int {
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -229,7 +381,7 @@ func (v *Vendor) stream(w http.ResponseWriter, r *http.Request, seq uint64, req 
 		return StatusClientGone
 	}
 	n := v.opt.StreamChunks
-	for i, c := range chunks(seq, req, n) {
+	for i, c := range chunks(seq, req, n, u) {
 		if cut && i == n/2 {
 			reply(http.StatusOK)
 			panic(http.ErrAbortHandler)
@@ -318,6 +470,7 @@ func (v *Vendor) serveStats(w http.ResponseWriter, r *http.Request) {
 func (v *Vendor) report(window, step time.Duration) Report {
 	s := v.rec.snapshot(step > 0)
 	n, retained := v.rec.maxInWindow(window)
+	status := v.rec.outageNow()
 	rep := Report{
 		InFlight:    s.InFlight,
 		MaxInFlight: s.MaxInFlight,
@@ -327,15 +480,23 @@ func (v *Vendor) report(window, step time.Duration) Report {
 		ViolationsByKind: map[string]int64{
 			"concurrency": s.ConcurrencyViolations,
 			"rate":        s.RateViolations,
+			"tokens":      s.TokenViolations,
 		},
-		StreamCuts:      s.StreamCuts,
-		Window:          window.String(),
-		WindowSeconds:   window.Seconds(),
-		MaxInWindow:     n,
-		ElapsedSeconds:  s.Elapsed.Seconds(),
-		MeanOKLatencyMS: float64(s.MeanOKLatency) / float64(time.Millisecond),
-		Retained:        retained,
-		Dropped:         s.Dropped,
+		TokenArrivals:     s.TokenArrivals,
+		TokensSettled:     s.TokensSettled,
+		TokensUsed:        s.TokensUsed,
+		MaxTokensInWindow: v.rec.maxTokensInWindow(window),
+		OutageAnswers:     s.OutageAnswers,
+		OutageActive:      status != 0,
+		OutageStatus:      status,
+		StreamCuts:        s.StreamCuts,
+		Window:            window.String(),
+		WindowSeconds:     window.Seconds(),
+		MaxInWindow:       n,
+		ElapsedSeconds:    s.Elapsed.Seconds(),
+		MeanOKLatencyMS:   float64(s.MeanOKLatency) / float64(time.Millisecond),
+		Retained:          retained,
+		Dropped:           s.Dropped,
 	}
 	if pts, step := s.Series(step, window); len(pts) > 0 {
 		rep.SeriesStepSeconds = step.Seconds()
@@ -352,6 +513,11 @@ func (v *Vendor) report(window, step time.Duration) Report {
 			Burst:         l.burst(),
 			JitterMS:      float64(l.Jitter) / float64(time.Millisecond),
 		}
+		if l.TokenRate > 0 {
+			rep.Limit.TokenRate = l.TokenRate
+			rep.Limit.TokenPeriodSeconds = l.tokenPeriod().Seconds()
+			rep.Limit.TokenBurst = l.tokenBurst()
+		}
 	}
 	return rep
 }
@@ -366,11 +532,22 @@ type Report struct {
 	Arrivals int64         `json:"arrivals"`
 	ByStatus map[int]int64 `json:"by_status"`
 	// Violations counts the 429s of the enforced limit; ViolationsByKind
-	// splits the broken limits into "concurrency" and "rate".
+	// splits the broken limits into "concurrency", "rate" and "tokens".
 	Violations       int64            `json:"violations"`
 	ViolationsByKind map[string]int64 `json:"violations_by_kind"`
 	// StreamCuts counts answers cut on purpose.
 	StreamCuts int64 `json:"stream_cuts"`
+	// TokenArrivals, TokensSettled and TokensUsed are Stats'.
+	TokenArrivals int64 `json:"token_arrivals"`
+	TokensSettled int64 `json:"tokens_settled"`
+	TokensUsed    int64 `json:"tokens_used"`
+	// MaxTokensInWindow is Stats.MaxTokensInWindow(Window).
+	MaxTokensInWindow int64 `json:"max_tokens_in_window"`
+	// OutageAnswers counts the requests answered by an outage;
+	// OutageActive says whether one is on now, answering OutageStatus.
+	OutageAnswers int64 `json:"outage_answers"`
+	OutageActive  bool  `json:"outage_active"`
+	OutageStatus  int   `json:"outage_status,omitempty"`
 	// Window (a Go duration) and WindowSeconds are the window of
 	// MaxInWindow, the most arrivals in any closed window of that length.
 	Window        string  `json:"window"`
@@ -406,4 +583,9 @@ type LimitReport struct {
 	PeriodSeconds float64 `json:"period_seconds"`
 	Burst         int     `json:"burst"`
 	JitterMS      float64 `json:"jitter_ms"`
+	// TokenRate, TokenPeriodSeconds and TokenBurst describe the enforced
+	// tokens per period; zero when tokens are not enforced.
+	TokenRate          int     `json:"token_rate,omitempty"`
+	TokenPeriodSeconds float64 `json:"token_period_seconds,omitempty"`
+	TokenBurst         int     `json:"token_burst,omitempty"`
 }
