@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/sluicehq/sluice/limiter"
+	"github.com/sluicehq/sluice/semaphore"
 )
 
 // Config is the configuration of the gateway. LoadConfig fills it from the
@@ -226,8 +227,11 @@ var variables = []Variable{
 		c.MaxAttempts, err = positiveInt(v)
 		return err
 	}},
-	{"SLUICE_LEASE_TTL", "15s", "semaphore lease TTL; held leases renew well inside it", func(c *Config, v string) (err error) {
+	{"SLUICE_LEASE_TTL", "15s", "semaphore lease TTL, at least 500ms; held leases renew well inside it", func(c *Config, v string) (err error) {
 		c.LeaseTTL, err = positiveDuration(v)
+		if err == nil && c.LeaseTTL < semaphore.MinLeaseTTL {
+			err = fmt.Errorf("must be at least %s: renewals could not keep a shorter lease", semaphore.MinLeaseTTL)
+		}
 		return err
 	}},
 	{"SLUICE_CANCEL_GRACE", "250ms", "hold the slot of a call cancelled at the vendor this long: the vendor learns of a cancelled call one network hop after we do; releasing the slot before then lets it count C+1 (0: off)", func(c *Config, v string) (err error) {

@@ -139,6 +139,7 @@ func TestConfigErrors(t *testing.T) {
 		{"SLUICE_REQUEST_TIMEOUT", "soon"},
 		{"SLUICE_MAX_ATTEMPTS", "0"},
 		{"SLUICE_LEASE_TTL", "0s"},
+		{"SLUICE_LEASE_TTL", "400ms"}, // renewals could not keep it
 		{"SLUICE_CANCEL_GRACE", "-1ms"},
 		{"SLUICE_CANCEL_GRACE", "brief"},
 		{"SLUICE_USER_RATE", "lots"},

@@ -140,7 +140,7 @@ func (s *Stack) CheckExactlyOnce(t testing.TB, recs []load.Record, v *mockvendor
 
 // LeaseIDs returns the lease ids in Redis now.
 func (s *Stack) LeaseIDs(ctx context.Context) ([]string, error) {
-	return s.RedisClient().ZRange(ctx, Key("leases"), 0, -1).Result()
+	return s.RedisClient().ZRange(ctx, Keys.Leases, 0, -1).Result()
 }
 
 // CheckDrained checks I3 once the load is over: within d, no lease, no
@@ -152,8 +152,8 @@ func (s *Stack) CheckDrained(t testing.TB, d time.Duration) {
 	var left map[string]int64
 	took, err := Within(ctx, d, func() bool {
 		left = map[string]int64{}
-		for _, part := range []string{"leases", "queue", "waiters"} {
-			if n, err := rdb.ZCard(ctx, Key(part)).Result(); err != nil || n > 0 {
+		for part, key := range map[string]string{"leases": Keys.Leases, "queue": Keys.Queue} {
+			if n, err := rdb.ZCard(ctx, key).Result(); err != nil || n > 0 {
 				left[part] = n
 			}
 		}
@@ -162,7 +162,7 @@ func (s *Stack) CheckDrained(t testing.TB, d time.Duration) {
 	if err != nil {
 		t.Errorf("I3: after the load, Redis still holds %v (ZCARD) %s after it ended", left, d)
 	} else {
-		t.Logf("I3: no lease, queued caller or waiter left %s after the load", took.Round(time.Millisecond))
+		t.Logf("I3: no lease or queued caller left %s after the load", took.Round(time.Millisecond))
 	}
 	keys, err := redistest.KeysWithoutTTL(ctx, rdb, "*")
 	if err != nil {

@@ -472,7 +472,7 @@ func TestReplicaFrozen(t *testing.T) {
 	l := s.StartLoad(15)
 	// Let the clients queue, gw3's among them (a third of them).
 	if _, err := containertest.Within(ctx, 5*time.Second, func() bool {
-		n, err := s.RedisClient().ZCard(ctx, containertest.Key("queue")).Result()
+		n, err := s.RedisClient().ZCard(ctx, containertest.Keys.Queue).Result()
 		return err == nil && n >= 8
 	}); err != nil {
 		t.Fatalf("the clients did not queue: %v", err)
@@ -570,7 +570,7 @@ func TestReplicaSIGTERM(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			queued, err := s.RedisClient().ZRange(ctx, containertest.Key("queue"), 0, -1).Result()
+			queued, err := s.RedisClient().ZRange(ctx, containertest.Keys.Queue, 0, -1).Result()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -595,7 +595,7 @@ func TestReplicaSIGTERM(t *testing.T) {
 			if left := held(t, s, leases); len(left) > 0 {
 				t.Errorf("I3: leases %v of the SIGTERM moment still held after gw3 exited (lease TTL %s)", left, s.LeaseTTL)
 			}
-			if now, err := s.RedisClient().ZRange(ctx, containertest.Key("queue"), 0, -1).Result(); err == nil {
+			if now, err := s.RedisClient().ZRange(ctx, containertest.Keys.Queue, 0, -1).Result(); err == nil {
 				for _, id := range queued {
 					if slices.Contains(now, id) {
 						t.Errorf("I3: queued caller %s of the SIGTERM moment still queued after gw3 exited", id)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/load"
 	"github.com/sluicehq/sluice/internal/mockvendor"
+	"github.com/sluicehq/sluice/internal/redisstate"
 )
 
 // Images used when SLUICE_IMAGE and REDIS_IMAGE are unset.
@@ -393,9 +394,8 @@ func (s *Stack) RedisClient() *redis.Client {
 	return s.rdb
 }
 
-// Key returns the Redis key of the budget's part name ("leases", "queue",
-// "waiters", "bucket").
-func Key(part string) string { return "sluice:{" + Budget + "}:" + part }
+// Keys are the Redis keys of the stack's budget.
+var Keys = redisstate.For(Budget)
 
 // RestartRedis stops Redis and starts it again, losing its state (no
 // persistence), and returns once it answers PING.

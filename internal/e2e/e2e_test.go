@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/load"
 	"github.com/sluicehq/sluice/internal/mockvendor"
+	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -115,9 +116,8 @@ type run struct {
 	reports    map[time.Duration]*mockvendor.Report
 }
 
-// key returns the Redis key of the budget's part ("leases", "queue",
-// "waiters"; "*" for a pattern of them all).
-func (r *run) key(part string) string { return "sluice:{" + r.budget + "}:" + part }
+// keys are the Redis keys of the run's budget.
+func (r *run) keys() redisstate.Keys { return redisstate.For(r.budget) }
 
 // vendorTime converts a moment to the vendor's clock (since its reset).
 func (r *run) vendorTime(at time.Time) time.Duration { return at.Sub(r.resetAt) }
@@ -221,7 +221,7 @@ func (r *run) killReplicaHoldingASlot() {
 	victim := r.gws[2]
 	time.Sleep(time.Until(r.resetAt.Add(pinAfter))) // the schedule of the load, not a synchronisation
 	r.pinAt = time.Now()
-	pinned, pinDone, pins := pinSlot(t, r.load, victim.name, r.rdb, r.key("leases"))
+	pinned, pinDone, pins := pinSlot(t, r.load, victim.name, r.rdb, r.keys().Leases)
 	r.pinned, r.pins = pinned, pins
 	r.load.Disable(victim.name)
 	r.killAt = time.Now() // before the signal: its clients may see their connections cut at once
@@ -237,7 +237,7 @@ func (r *run) killReplicaHoldingASlot() {
 		t.Errorf("gw3 ended otherwise than by SIGKILL: %v", victim.err)
 	}
 	var err error
-	if r.leasesAtKill, err = r.rdb.ZRange(ctx, r.key("leases"), 0, -1).Result(); err != nil {
+	if r.leasesAtKill, err = r.rdb.ZRange(ctx, r.keys().Leases, 0, -1).Result(); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("SIGKILL gw3 at +%s, holding the lease %s of a slow request (sent at +%s, %d time(s)); leases in Redis then: %d",
@@ -248,7 +248,7 @@ func (r *run) killReplicaHoldingASlot() {
 	var left []string
 	pinnedBack := time.Duration(0)
 	for {
-		now, err := r.rdb.ZRange(ctx, r.key("leases"), 0, -1).Result()
+		now, err := r.rdb.ZRange(ctx, r.keys().Leases, 0, -1).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -448,8 +448,8 @@ func (r *run) checkDrained() {
 	drainedAt := time.Now()
 	for {
 		held = map[string]int64{}
-		for _, part := range []string{"leases", "queue", "waiters"} {
-			n, err := r.rdb.ZCard(ctx, r.key(part)).Result()
+		for part, key := range map[string]string{"leases": r.keys().Leases, "queue": r.keys().Queue} {
+			n, err := r.rdb.ZCard(ctx, key).Result()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -463,7 +463,7 @@ func (r *run) checkDrained() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if len(held) > 0 {
-		members, _ := r.rdb.ZRangeWithScores(ctx, r.key("leases"), 0, -1).Result()
+		members, _ := r.rdb.ZRangeWithScores(ctx, r.keys().Leases, 0, -1).Result()
 		redisNow, _ := r.rdb.Time(ctx).Result()
 		t.Errorf("I3: after the load (and %s after the kill), Redis still holds %v (ZCARD); leases %v, Redis time %v",
 			time.Since(r.killAt).Round(time.Millisecond), held, members, redisNow.UnixMicro())
@@ -476,15 +476,15 @@ func (r *run) checkDrained() {
 	} else if v.InFlight != 0 {
 		t.Errorf("I3: the vendor still has %d calls in flight after the load", v.InFlight)
 	}
-	keys, err := r.rdb.Keys(ctx, r.key("*")).Result()
+	keys, err := r.rdb.Keys(ctx, r.keys().Prefix+"*").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	noTTL, err := redistest.KeysWithoutTTL(ctx, r.rdb, r.key("*"))
+	noTTL, err := redistest.KeysWithoutTTL(ctx, r.rdb, r.keys().Prefix+"*")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("I3: %d keys under %s, %d without a TTL: %q", len(keys), r.key("*"), len(noTTL), keys)
+	t.Logf("I3: %d keys under %s, %d without a TTL: %q", len(keys), r.keys().Prefix+"*", len(noTTL), keys)
 	if len(noTTL) > 0 {
 		t.Errorf("I3: keys without a TTL: %q", noTTL)
 	}

@@ -8,7 +8,7 @@
 //	func TestSomething(t *testing.T) {
 //		rdb := redistest.New(t).Client(t)   // shared server, closed client on cleanup
 //		budget := redistest.Budget(t)       // unique name: keys never collide
-//		key := "sluice:{" + budget + "}:bucket"
+//		key := redisstate.For(budget).Bucket  // a budget's keys are named there
 //		...
 //	}
 //

@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -100,7 +101,7 @@ func TestCommandStatsAndKeysWithoutTTL(t *testing.T) {
 	ctx := t.Context()
 	rdb := s.Client(t)
 	budget := redistest.Budget(t)
-	key := func(name string) string { return "sluice:{" + budget + "}:" + name }
+	key := func(name string) string { return redisstate.Prefix(budget) + name }
 
 	if err := redistest.ResetStats(ctx, rdb); err != nil {
 		t.Fatal(err)
@@ -123,7 +124,7 @@ func TestCommandStatsAndKeysWithoutTTL(t *testing.T) {
 		t.Fatalf("CommandStats = %v, want set 3, get 2, expire 1", stats)
 	}
 
-	keys, err := redistest.KeysWithoutTTL(ctx, rdb, "sluice:{"+budget+"}:*")
+	keys, err := redistest.KeysWithoutTTL(ctx, rdb, redisstate.Prefix(budget)+"*")
 	if err != nil {
 		t.Fatal(err)
 	}
