@@ -4,13 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/sluicehq/sluice/scripts"
+	"github.com/sluicehq/sluice/internal/redisstate"
 )
 
 var (
@@ -45,7 +44,7 @@ var (
 // concurrent use.
 type Bucket struct {
 	rdb      redis.Scripter
-	key      string
+	keys     redisstate.Keys
 	limit    Limit
 	interval int64 // microseconds per token, rounded up so the rate is never exceeded
 }
@@ -56,16 +55,7 @@ func NewBucket(rdb redis.Scripter, budget string, lim Limit) (*Bucket, error) {
 	if err := lim.Validate(); err != nil {
 		return nil, err
 	}
-	return &Bucket{rdb: rdb, key: BucketKey(budget), limit: lim, interval: IntervalMicros(lim)}, nil
-}
-
-// BucketKey is the Redis key of a budget's token bucket.
-func BucketKey(budget string) string { return KeyPrefix(budget) + "bucket" }
-
-// IntervalMicros is the time one token of lim takes to refill, in whole
-// microseconds rounded up, as the scripts use it.
-func IntervalMicros(lim Limit) int64 {
-	return int64(math.Ceil(float64(lim.Period.Microseconds()) / float64(lim.Rate)))
+	return &Bucket{rdb: rdb, keys: redisstate.For(budget), limit: lim, interval: redisstate.IntervalMicros(lim.Rate, lim.Period)}, nil
 }
 
 // Limit returns the bucket's limit.
@@ -102,11 +92,11 @@ func (r *Reservation) Cancel(ctx context.Context) (bool, error) {
 	}
 	ctx, stop := context.WithTimeout(context.WithoutCancel(ctx), shieldTimeout)
 	defer stop()
-	n, err := scripts.Cancel.Run(ctx, r.b.rdb, []string{r.b.key}, r.b.interval, r.n, r.tat).Int()
+	back, err := r.b.keys.Cancel(ctx, r.b.rdb, r.b.interval, r.n, r.tat)
 	if err != nil {
 		return false, fmt.Errorf("%w: cancel: %w", ErrUnavailable, err)
 	}
-	return n == 1, nil
+	return back, nil
 }
 
 // shieldTimeout bounds cleanup that must run after the caller gave up.
@@ -131,16 +121,16 @@ func (b *Bucket) Reserve(ctx context.Context, n int) (*Reservation, error) {
 	if ctx.Err() != nil {
 		return nil, ctxError(ctx)
 	}
-	maxWait := int64(-1)
+	maxWait := time.Duration(-1) // no limit
 	deadline, hasDeadline := ctx.Deadline()
 	if hasDeadline {
-		maxWait = time.Until(deadline).Microseconds()
+		maxWait = time.Until(deadline).Truncate(time.Microsecond)
 		if maxWait <= 0 {
 			return nil, ctxError(ctx)
 		}
 	}
 	sent := time.Now()
-	res, err := scripts.Reserve.Run(ctx, b.rdb, []string{b.key}, b.interval, b.limit.Burst, n, maxWait).Int64Slice()
+	res, err := b.keys.Reserve(ctx, b.rdb, b.interval, b.limit.Burst, n, maxWait)
 	// The wait Redis names counts from when the script ran; the reply came
 	// after that. Counting from the reply can only act later than the slot,
 	// never earlier, however long the call spent in the pool, on the
@@ -159,14 +149,11 @@ func (b *Bucket) Reserve(ctx context.Context, n int) (*Reservation, error) {
 		}
 		return nil, fmt.Errorf("%w: reserve: %w", ErrUnavailable, err)
 	}
-	if len(res) != 3 {
-		return nil, fmt.Errorf("%w: reserve: unexpected reply %v", ErrUnavailable, res)
-	}
-	wait := time.Duration(res[1]) * time.Microsecond
-	if res[0] != 1 {
+	wait := res.Wait
+	if !res.OK {
 		return nil, fmt.Errorf("%w: next slot in %s, deadline in %s", ErrQueueTimeout, wait, deadline.Sub(sent).Round(time.Millisecond))
 	}
-	r := &Reservation{b: b, n: n, tat: res[2], actAt: replied.Add(wait)}
+	r := &Reservation{b: b, n: n, tat: res.TAT, actAt: replied.Add(wait)}
 	if hasDeadline && r.actAt.After(deadline) {
 		// The round trip used up the margin the script allowed for.
 		_, _ = r.Cancel(ctx)

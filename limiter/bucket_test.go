@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/invariant"
 	"github.com/sluicehq/sluice/internal/multiproc"
+	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -77,14 +78,14 @@ func TestReserveQueueTimeoutConsumesNothing(t *testing.T) {
 	if _, err := b.Reserve(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := rdb.Get(ctx, BucketKey(budget)).Result()
+	before, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result()
 	rctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	_, err := b.Reserve(rctx, 1)
 	if !errors.Is(err, ErrQueueTimeout) || errors.Is(err, context.DeadlineExceeded) || rctx.Err() != nil {
 		t.Fatalf("got %v (ctx %v), want ErrQueueTimeout at once", err, rctx.Err())
 	}
-	after, _ := rdb.Get(ctx, BucketKey(budget)).Result()
+	after, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result()
 	if before != after {
 		t.Fatalf("a refused reservation changed the bucket: %s -> %s", before, after)
 	}
@@ -158,7 +159,7 @@ func TestNoWindowExceedsBurstPlusRate(t *testing.T) {
 			t.Errorf("window %s: %d grants > burst + rate*W = %d", w, got, limit)
 		}
 	}
-	if keys, err := redistest.KeysWithoutTTL(context.Background(), rdb, KeyPrefix(budget)+"*"); err != nil || len(keys) > 0 {
+	if keys, err := redistest.KeysWithoutTTL(context.Background(), rdb, redisstate.Prefix(budget)+"*"); err != nil || len(keys) > 0 {
 		t.Fatalf("keys without TTL: %v %v", keys, err)
 	}
 }
@@ -312,13 +313,13 @@ func TestBucketErrors(t *testing.T) {
 		if err := b.Wait(ctx); err != nil {
 			t.Fatal(err)
 		}
-		before, _ := rdb.Get(ctx, BucketKey(budget)).Result()
+		before, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result()
 		wctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- b.Wait(wctx) }()
 		// Cancel once the wait holds its reservation (the bucket moved).
 		for {
-			if now, _ := rdb.Get(ctx, BucketKey(budget)).Result(); now != before {
+			if now, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result(); now != before {
 				break
 			}
 			select {
@@ -331,7 +332,7 @@ func TestBucketErrors(t *testing.T) {
 		if err := <-done; !errors.Is(err, context.Canceled) || errors.Is(err, ErrQueueTimeout) {
 			t.Fatalf("got %v, want context.Canceled", err)
 		}
-		if after, _ := rdb.Get(ctx, BucketKey(budget)).Result(); after != before {
+		if after, _ := rdb.Get(ctx, redisstate.For(budget).Bucket).Result(); after != before {
 			t.Fatalf("the cancelled wait kept its tokens: %s -> %s", before, after)
 		}
 	})

@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-redis/redis_rate/v10"
 
+	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -76,21 +77,11 @@ func TestIntervalRoundsUpOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := tc.l.Interval()
-		if got != tc.want || got.Microseconds() != IntervalMicros(tc.l) {
-			t.Errorf("%v: Interval %s, scripts' %dµs; want %s for both", tc.l, got, IntervalMicros(tc.l), tc.want)
+		if got != tc.want || got.Microseconds() != redisstate.IntervalMicros(tc.l.Rate, tc.l.Period) {
+			t.Errorf("%v: Interval %s, scripts' %dµs; want %s for both", tc.l, got, redisstate.IntervalMicros(tc.l.Rate, tc.l.Period), tc.want)
 		}
 		if time.Duration(tc.l.Rate)*got < tc.l.Period {
 			t.Errorf("%v: Interval %s refills faster than the rate", tc.l, got)
-		}
-	}
-}
-
-func TestKeyPrefixIsAHashTag(t *testing.T) {
-	for _, budget := range []string{"default", "a{b}c", "x}", strings.Repeat("z", 100), "sp ace", ""} {
-		p := KeyPrefix(budget)
-		open, close := strings.IndexByte(p, '{'), strings.IndexByte(p, '}')
-		if open < 0 || close < open+2 || strings.Count(p, "{") != 1 || strings.Count(p, "}") != 1 || len(p) > 90 {
-			t.Errorf("KeyPrefix(%q) = %q: not a single well-formed hash tag", budget, p)
 		}
 	}
 }

@@ -2,8 +2,6 @@ package limiter
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"math"
 	"net/http"
@@ -12,6 +10,8 @@ import (
 
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/internal/redisstate"
 )
 
 // KeyLimiter enforces a REJECT limit per key (per user, per API key) with
@@ -36,7 +36,7 @@ func NewKeyLimiter(rdb redis.UniversalClient, budget string, lim Limit) (*KeyLim
 	return &KeyLimiter{
 		rl:     redis_rate.NewLimiter(rdb),
 		limit:  redis_rate.Limit{Rate: lim.Rate, Burst: lim.Burst, Period: lim.Period},
-		prefix: KeyPrefix(budget) + "user:",
+		prefix: redisstate.For(budget).User,
 	}, nil
 }
 
@@ -58,7 +58,7 @@ type Decision struct {
 // Allow takes one request for key. The key is hashed (SHA-256) before use.
 // A failure of Redis is an error matching ErrUnavailable; nothing is taken.
 func (k *KeyLimiter) Allow(ctx context.Context, key string) (Decision, error) {
-	res, err := k.rl.Allow(ctx, k.prefix+HashKey(key), k.limit)
+	res, err := k.rl.Allow(ctx, k.prefix+redisstate.HashKey(key), k.limit)
 	if err != nil {
 		return Decision{}, fmt.Errorf("%w: per-key allow: %w", ErrUnavailable, err)
 	}
@@ -89,32 +89,3 @@ func (d Decision) SetHeaders(h http.Header) {
 }
 
 func ceilSeconds(d time.Duration) int { return int(math.Ceil(d.Seconds())) }
-
-// HashKey returns the first 16 bytes of the SHA-256 of a user-controlled
-// string, hex-encoded (32 characters): the only form in which such strings
-// are allowed into Redis keys.
-func HashKey(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:16])
-}
-
-// KeyPrefix returns the namespace of every key of a budget,
-// "sluice:{<budget>}:". The braces make the budget a Redis Cluster hash tag,
-// so every key of one budget lives in one slot and the scripts run unchanged
-// on a cluster. A budget containing braces or longer than 64 bytes is hashed
-// so it cannot break the tag.
-func KeyPrefix(budget string) string {
-	if budget == "" {
-		budget = "default"
-	}
-	for _, r := range budget {
-		if r == '{' || r == '}' || r < ' ' || r > '~' {
-			budget = "h-" + HashKey(budget)
-			break
-		}
-	}
-	if len(budget) > 64 {
-		budget = "h-" + HashKey(budget)
-	}
-	return "sluice:{" + budget + "}:"
-}

@@ -3,118 +3,137 @@
 -- queue shared by every replica. One call carries the requests of many
 -- callers of one replica (a batch); each is decided as if alone, in order.
 --
--- A caller that cannot be granted at once joins the tail of the queue; a
+-- A request first recognises its own past: an id that holds a lease is
+-- answered "granted" again (a client that resent the call after a lost
+-- reply, or a waiter the queue was served to), and an id that was released
+-- or withdrawn (a tombstone in `gone`) is refused, so a call that arrives
+-- after its caller gave up never leaves a phantom lease or queue place. Then
+-- a caller that cannot be granted at once joins the tail of the queue; a
 -- caller already queued keeps its place. Only the head may be granted: it
--- gets a lease (and a token) when a slot is free and (with a rate) a token
--- is available NOW. The call is sent right after the grant, so tokens are
--- spent when calls really go and sends cannot bunch up behind the semaphore.
--- When a grant leaves a new head, it is woken on the wake channel.
+-- gets a lease (and a token) when a slot is free and (with a rate) a token is
+-- available NOW. The call is sent right after the grant, so tokens are spent
+-- when calls really go and sends cannot bunch up behind the semaphore.
+-- Queued callers are served by whichever script frees a slot (see serve in
+-- common.lua): they need not ask again.
 --
--- KEYS[1]  leases:  zset lease id -> expiry (microseconds, Redis time)
--- KEYS[2]  queue:   zset waiter id -> ticket (FIFO order)
--- KEYS[3]  waiters: zset waiter id -> expiry (a waiter that stops renewing is dropped)
--- KEYS[4]  bucket:  string, TAT of the budget's token bucket (see reserve.lua)
--- ARGV[1]  size: C, the number of slots
--- ARGV[2]  lease_ttl: microseconds
--- ARGV[3]  waiter_ttl: microseconds
--- ARGV[4]  interval: microseconds per token; 0 = no rate, slots only
--- ARGV[5]  burst
--- ARGV[6]  wake channel
--- ARGV[7..] one triple per request:
+-- KEYS, ARGV[1..7]: see semaphore_state in common.lua.
+-- ARGV[8..] one triple per request, all of one replica:
 --          id (the lease id, made by the client; also its waiter id),
 --          max_wait (microseconds the caller can still wait; -1 = no limit),
 --          mode ("wait" joins the queue; "try" only takes a free slot, never queues)
 --
--- Returns three integers per request, {status, reason, hint}:
---   status  1 granted: reason = the grant's Redis time (0 when this request
---             repeats one that already granted: the lease is the caller's)
---           0 waiting: reason 1 = others ahead (wait to be woken),
---                      2 = no free slot (hint: microseconds until the first lease expires),
---                      3 = no token yet (hint: microseconds until there is one)
---          -1 the earliest grant is later than max_wait: left the queue, nothing taken
---          -2 try mode: not available now
-local leases, queue, waiters, bucket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local size, lease_ttl, waiter_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local interval, burst, channel = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local now = now_us()
+-- Returns four integers per request, {status, reason, a, b}:
+--   status  1 granted: a = microseconds the lease has left, b = the grant's
+--             Redis time (also for a repeat, or a grant made by serve)
+--           0 queued: reason 1 = others ahead (wait to be served or woken),
+--                     2 = no free slot (a = microseconds until the first lease expires),
+--                     3 = no token yet (a = microseconds until there is one)
+--          -1 too late: the earliest grant is later than max_wait (reason 3,
+--             a = microseconds until the token): left the queue, nothing taken
+--          -2 busy, try mode: not available now (reason and a as for queued)
+--          -3 gone: the id was released or withdrawn before this call ran
+local st = semaphore_state()
+local now = st.now
+local quiet = {}
+for i = 8, #ARGV, 3 do
+  quiet[ARGV[i]] = true
+end
 
-local queued = purge(leases, queue, waiters, now, channel)
-local holders = redis.call('ZCARD', leases)
-local dequeued, granted, joined = false, false, false
+-- Expired leases (of holders that died) only matter when they fill the
+-- semaphore: drop them then.
+local holders = redis.call('ZCARD', st.leases)
+if holders >= st.size then
+  redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
+  holders = redis.call('ZCARD', st.leases)
+end
+local queued = redis.call('ZCARD', st.queue)
+if queued > 0 and holders < st.size then
+  holders = serve(st, holders, quiet, false)
+  queued = redis.call('ZCARD', st.queue)
+end
+local granted, joined, beaten, left_head = false, false, false, false
 
 local function acquire_one(id, max_wait, try)
-  -- Our place: rank in the queue, or behind everyone if not queued yet.
-  local rank = queued > 0 and redis.call('ZRANK', queue, id) or nil
-  local ahead = rank or queued
+  if redis.call('ZSCORE', st.gone, id) then
+    return -3, 0, 0, 0
+  end
+  local expiry = tonumber(redis.call('ZSCORE', st.leases, id) or '0') or 0
+  if expiry > now then
+    return 1, 0, expiry - now, expiry - st.lease_ttl
+  elseif expiry > 0 then
+    -- Granted once, expired before its caller heard of it: as if never.
+    redis.call('ZREM', st.leases, id)
+    holders = holders - 1
+  end
 
+  -- Our place: rank in the queue, or behind everyone if not queued yet.
+  local rank = queued > 0 and redis.call('ZRANK', st.queue, id) or nil
   local new_tat, allow_at = 0, now
-  if interval > 0 then
-    new_tat, allow_at = gcra(bucket, now, interval, burst, 1)
+  if st.interval > 0 then
+    new_tat, allow_at = gcra(st.bucket, now, st.interval, st.burst, 1)
     -- Waiters ahead may still leave, so only our own token is certain.
     if max_wait >= 0 and allow_at - now > max_wait then
       if rank then
-        leave(queue, waiters, id, channel)
+        redis.call('ZREM', st.queue, id)
         queued = queued - 1
+        left_head = left_head or rank == 0
       end
-      return -1, 3, allow_at - now
+      return -1, 3, allow_at - now, 0
     end
   end
 
   local reason, hint = 0, 0
-  if ahead > 0 then
+  if (rank or queued) > 0 then
     reason = 1
-  elseif holders >= size then
-    if redis.call('ZSCORE', leases, id) then
-      return 1, 0, 0 -- a repeat of a request that was granted
-    end
-    local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
+  elseif holders >= st.size then
+    local first = redis.call('ZRANGE', st.leases, 0, 0, 'WITHSCORES')
     reason, hint = 2, tonumber(first[2]) - now
   elseif allow_at > now then
     reason, hint = 3, allow_at - now
   end
   if reason ~= 0 then
-    if try then return -2, reason, hint end
+    if try then return -2, reason, hint, 0 end
     if not rank then
-      local last = redis.call('ZRANGE', queue, -1, -1, 'WITHSCORES')
-      redis.call('ZADD', queue, (tonumber(last[2]) or 0) + 1, id)
+      if not beaten then
+        redis.call('ZADD', st.replicas, now + st.waiter_ttl, owner(id))
+        beaten = true
+      end
+      local last = redis.call('ZRANGE', st.queue, -1, -1, 'WITHSCORES')
+      redis.call('ZADD', st.queue, (tonumber(last[2]) or 0) + 1, id)
       queued = queued + 1
+      joined = true
     end
-    redis.call('ZADD', waiters, now + waiter_ttl, id)
-    joined = true
-    return 0, reason, hint
+    return 0, reason, hint, 0
   end
 
-  if redis.call('ZADD', leases, 'NX', now + lease_ttl, id) == 0 then
-    return 1, 0, 0 -- a repeat of a request that was granted
-  end
+  redis.call('ZADD', st.leases, now + st.lease_ttl, id)
   holders = holders + 1
   granted = true
-  if interval > 0 then
-    gcra_store(bucket, now, new_tat)
+  if st.interval > 0 then
+    gcra_store(st.bucket, now, new_tat)
   end
   if rank then
-    redis.call('ZREM', queue, id)
-    redis.call('ZREM', waiters, id)
+    redis.call('ZREM', st.queue, id)
     queued = queued - 1
-    dequeued = true
   end
-  return 1, now, 0
+  return 1, 0, st.lease_ttl, now
 end
 
 local out = {}
-for i = 7, #ARGV, 3 do
-  local status, reason, hint = acquire_one(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == 'try')
+for i = 8, #ARGV, 3 do
+  local status, reason, a, b = acquire_one(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == 'try')
   out[#out + 1] = status
   out[#out + 1] = reason
-  out[#out + 1] = hint
+  out[#out + 1] = a
+  out[#out + 1] = b
 end
 if granted then
-  keep_ttl(lease_ttl, leases)
+  keep_ttl(st.lease_ttl, st.leases)
 end
 if joined then
-  keep_ttl(waiter_ttl, waiters, queue)
+  keep_ttl(st.waiter_ttl, st.queue, st.replicas)
 end
-if dequeued then
-  wake_head(queue, channel)
+if left_head and queued > 0 then
+  serve(st, holders, quiet, true)
 end
 return out

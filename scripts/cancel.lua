@@ -9,6 +9,7 @@
 -- golang/go#56924). Such a token is simply lost, never double-spent.
 --
 -- KEYS[1]  bucket
+-- KEYS[2]  clock
 -- ARGV[1]  interval: microseconds per token
 -- ARGV[2]  n: tokens of the reservation
 -- ARGV[3]  tat: the TAT that reserve.lua returned for it
@@ -19,7 +20,7 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if cur ~= tat then
   return 0
 end
-local now = now_us()
+local now = clock(KEYS[2])
 local back = tat - n * interval
 if back <= now then
   redis.call('DEL', KEYS[1])

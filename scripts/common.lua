@@ -1,11 +1,22 @@
--- common.lua: helpers prepended to every sluice script (see scripts.go).
--- Time is Redis's own clock, in integer microseconds; replica clocks never
--- enter a decision. Integers stay below 2^53, so Lua numbers hold them
--- exactly and Redis returns them as integer replies without truncation.
+-- common.lua: helpers prepended to every sluice script (internal/redisstate
+-- joins them). Time is Redis's own clock, in integer microseconds; replica
+-- clocks never enter a decision. Integers stay below 2^53, so Lua numbers
+-- hold them exactly and Redis returns them as integer replies.
 
-local function now_us()
+-- The time of a decision: Redis TIME, but never earlier than the latest time
+-- a script of this budget used (kept in the clock key). A backward step of
+-- Redis's clock then holds time still until the clock catches up, instead of
+-- moving decisions into the past. The key lives ten minutes after last use.
+-- (One SET ... GET in the common case: Redis 6.2 or later.)
+local function clock(key)
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('SET', key, string.format('%d', now), 'PX', 600000, 'GET') or '0') or 0
+  if last > now then
+    redis.call('SET', key, string.format('%d', last), 'PX', 600000)
+    now = last
+  end
+  return now
 end
 
 -- Make sure keys live at least ttl microseconds more: when the first has
@@ -37,45 +48,84 @@ local function gcra_store(key, now, new_tat)
   redis.call('SET', key, string.format('%d', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
 end
 
--- Publish the id of the waiter at the head of the queue, if any, so the
--- replica that holds it retries at once.
-local function wake_head(queue, channel)
-  local head = redis.call('ZRANGE', queue, 0, 0)
-  if head[1] then
-    redis.call('PUBLISH', channel, head[1])
-  end
+-- The replica that owns a waiter or lease id: the part before the dot.
+local function owner(id)
+  return string.match(id, '^[^.]*')
 end
 
--- Drop expired leases and waiters (a holder or waiter that died, or stopped
--- renewing). When that frees anything, wake the head of the queue. Returns
--- the length of the queue.
-local function purge(leases, queue, waiters, now, channel)
-  local queued = redis.call('ZCARD', queue)
-  local head_changed = false
-  if queued > 0 then
-    local gone = redis.call('ZRANGEBYSCORE', waiters, '-inf', now)
-    if #gone > 0 then
-      local head = redis.call('ZRANGE', queue, 0, 0)[1]
-      for _, w in ipairs(gone) do
-        queued = queued - redis.call('ZREM', queue, w)
+-- Serve the queue: while a slot is free, grant it to the head of the queue
+-- (with a token, when the budget has a rate) and hand it over on the channel
+-- of the one replica that owns the head ("<id>=<grant time>"), so the slot
+-- is never idle while that replica asks. A head whose replica's heartbeat
+-- has expired is dead: it is dropped and the next one served. A head that
+-- must wait for a token is woken instead ("<id>"), if it may not know yet
+-- (it just became the head, or nudge is set): it asks and learns when.
+-- At most 100 heads per call. st holds the budget's keys and configuration
+-- (leases, queue, replicas, bucket, size, lease_ttl, interval, burst,
+-- wake_prefix, pub, now); quiet is a set of ids not to publish to (the
+-- callers of this very script, who get the answer). Returns the number of
+-- holders after it.
+local function serve(st, holders, quiet, nudge)
+  local granted, changed = false, false
+  for _ = 1, 100 do
+    if holders >= st.size then break end
+    local head = redis.call('ZRANGE', st.queue, 0, 0)[1]
+    if not head then break end
+    local rep = owner(head)
+    local alive = tonumber(redis.call('ZSCORE', st.replicas, rep) or '0') or 0
+    if alive < st.now then
+      redis.call('ZREM', st.queue, head)
+      changed = true
+    else
+      if st.interval > 0 then
+        local new_tat, allow_at = gcra(st.bucket, st.now, st.interval, st.burst, 1)
+        if allow_at > st.now then
+          if (nudge or changed) and not quiet[head] then
+            redis.call(st.pub, st.wake_prefix .. rep, head)
+          end
+          break
+        end
+        gcra_store(st.bucket, st.now, new_tat)
       end
-      redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
-      head_changed = redis.call('ZRANGE', queue, 0, 0)[1] ~= head
+      redis.call('ZADD', st.leases, st.now + st.lease_ttl, head)
+      redis.call('ZREM', st.queue, head)
+      if not quiet[head] then
+        redis.call(st.pub, st.wake_prefix .. rep, head .. '=' .. string.format('%d', st.now))
+      end
+      holders = holders + 1
+      granted, changed = true, true
     end
   end
-  local dropped = redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  if (dropped > 0 or head_changed) and queued > 0 then
-    wake_head(queue, channel)
+  if granted then
+    keep_ttl(st.lease_ttl, st.leases)
   end
-  return queued
+  return holders
 end
 
--- Remove a waiter from the queue; wake the next head if it was the head.
-local function leave(queue, waiters, id, channel)
-  local head = redis.call('ZRANGE', queue, 0, 0)[1]
-  redis.call('ZREM', queue, id)
-  redis.call('ZREM', waiters, id)
-  if head == id then
-    wake_head(queue, channel)
-  end
+-- The semaphore's scripts (acquire, release, keepalive) share their KEYS and
+-- the first seven ARGV:
+--
+-- KEYS[1]  leases:   zset lease id -> expiry (microseconds, Redis time)
+-- KEYS[2]  queue:    zset waiter id -> ticket (FIFO order)
+-- KEYS[3]  replicas: zset replica -> heartbeat expiry
+-- KEYS[4]  gone:     zset released or withdrawn id -> tombstone expiry
+-- KEYS[5]  clock:    string, the latest Redis time a script used
+-- KEYS[6]  bucket:   string, TAT of the budget's token bucket (see reserve.lua)
+-- ARGV[1]  size: C, the number of slots
+-- ARGV[2]  lease_ttl: microseconds
+-- ARGV[3]  waiter_ttl: microseconds a replica's heartbeat lasts
+-- ARGV[4]  interval: microseconds per token; 0 = no rate, slots only
+-- ARGV[5]  burst
+-- ARGV[6]  wake prefix: a replica's wake channel is this followed by its id
+-- ARGV[7]  PUBLISH or SPUBLISH (Redis Cluster 7+)
+--
+-- Waiter and lease ids are "<replica>.<random>".
+local function semaphore_state()
+  local st = {
+    leases = KEYS[1], queue = KEYS[2], replicas = KEYS[3], gone = KEYS[4], bucket = KEYS[6],
+    size = tonumber(ARGV[1]), lease_ttl = tonumber(ARGV[2]), waiter_ttl = tonumber(ARGV[3]),
+    interval = tonumber(ARGV[4]), burst = tonumber(ARGV[5]), wake_prefix = ARGV[6], pub = ARGV[7],
+  }
+  st.now = clock(KEYS[5])
+  return st
 end

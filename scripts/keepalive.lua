@@ -1,42 +1,47 @@
--- keepalive.lua: renew the leases and queue places a replica holds, in one
--- call for all of them. Renewal never resurrects: a lease that has already
--- expired (or was released) is reported lost, not re-created. It also drops
--- whatever expired (a dead replica's leases and waiters) and wakes the head of
--- the queue if that freed anything.
+-- keepalive.lua: one call per replica per round. It renews the leases the
+-- replica holds and, while it has callers queued, its heartbeat: waiters are
+-- kept alive per replica, never one by one. Renewal never resurrects: a lease
+-- that has already expired (or was released) is reported lost, not
+-- re-created. It also drops expired leases and serves the queue with the
+-- slots that freed (see serve in common.lua), dropping dead replicas'
+-- waiters that reached the head. With no replica and no ids it is the upkeep
+-- (and the health check) alone.
 --
--- KEYS[1]  leases
--- KEYS[2]  queue
--- KEYS[3]  waiters
--- ARGV[1]  lease_ttl: microseconds
--- ARGV[2]  waiter_ttl: microseconds
--- ARGV[3]  wake channel
--- ARGV[4]  n: how many of the ids that follow are leases
--- ARGV[5..4+n] lease ids; ARGV[5+n..] waiter ids
+-- KEYS, ARGV[1..7]: see semaphore_state in common.lua.
+-- ARGV[8]  replica: the caller, or "" (no heartbeat: it has no waiters)
+-- ARGV[9..] lease ids
 --
--- Returns {lost_leases, lost_waiters}: the ids that were no longer there.
-local leases, queue, waiters = KEYS[1], KEYS[2], KEYS[3]
-local lease_ttl, waiter_ttl, channel, n = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local now = now_us()
-purge(leases, queue, waiters, now, channel)
-local lost_leases, lost_waiters = {}, {}
-for i = 5, 4 + n do
-  if redis.call('ZSCORE', leases, ARGV[i]) then
-    redis.call('ZADD', leases, 'XX', now + lease_ttl, ARGV[i])
+-- Returns {lost, stale}: lost = the lease ids that were no longer there;
+-- stale = 1 if the replica's heartbeat had expired (its waiters may have
+-- been dropped from the queue: they should ask again), else 0.
+local st = semaphore_state()
+local now, replica = st.now, ARGV[8]
+redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
+local stale = 0
+if replica ~= '' then
+  local alive = tonumber(redis.call('ZSCORE', st.replicas, replica) or '0') or 0
+  if alive < now then
+    stale = 1
+  end
+  redis.call('ZADD', st.replicas, now + st.waiter_ttl, replica)
+  keep_ttl(st.waiter_ttl, st.queue, st.replicas)
+end
+redis.call('ZREMRANGEBYSCORE', st.replicas, '-inf', now)
+local lost = {}
+for i = 9, #ARGV do
+  if redis.call('ZSCORE', st.leases, ARGV[i]) then
+    redis.call('ZADD', st.leases, 'XX', now + st.lease_ttl, ARGV[i])
   else
-    lost_leases[#lost_leases + 1] = ARGV[i]
+    lost[#lost + 1] = ARGV[i]
   end
 end
-for i = 5 + n, #ARGV do
-  if redis.call('ZSCORE', queue, ARGV[i]) then
-    redis.call('ZADD', waiters, 'XX', now + waiter_ttl, ARGV[i])
-  else
-    lost_waiters[#lost_waiters + 1] = ARGV[i]
+if #ARGV >= 9 then
+  keep_ttl(st.lease_ttl, st.leases)
+end
+if redis.call('ZCARD', st.queue) > 0 then
+  local holders = redis.call('ZCARD', st.leases)
+  if holders < st.size then
+    serve(st, holders, {}, false)
   end
 end
-if n > 0 then
-  keep_ttl(lease_ttl, leases)
-end
-if #ARGV > 4 + n then
-  keep_ttl(waiter_ttl, waiters, queue)
-end
-return {lost_leases, lost_waiters}
+return {lost, stale}

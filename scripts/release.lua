@@ -1,32 +1,47 @@
--- release.lua: release leases and withdraw waiters, by id. Idempotent: an id
--- that is not there (already released, expired, or never granted) is skipped.
--- An acquire whose outcome is unknown (timeout, error) is undone by releasing
--- its id: the id was made by the client before the call, so a retried or late
--- acquire can never leave a phantom holder.
+-- release.lua: release leases and withdraw waiters, by id, then serve the
+-- queue with the slots that freed (see serve in common.lua). Idempotent: an
+-- id that is not there (already released, expired, or never granted) is
+-- skipped.
 --
--- KEYS[1]  leases
--- KEYS[2]  queue
--- KEYS[3]  waiters
--- ARGV[1]  wake channel
--- ARGV[2..] ids
+-- Every id gets a tombstone in `gone` for a while (ARGV[8]): an acquire of
+-- that id that reaches Redis later (a call delayed on another connection, or
+-- resent by the client after its caller gave up) is refused instead of
+-- leaving a phantom lease or queue place. An acquire whose outcome is unknown
+-- (timeout, error) is therefore undone exactly by releasing its id, whatever
+-- the order in which the two calls arrive within that while.
+--
+-- KEYS, ARGV[1..7]: see semaphore_state in common.lua.
+-- ARGV[8]  tombstone_ttl: microseconds (so at most that long's worth of
+--          releases is kept: expired tombstones are dropped on every call)
+-- ARGV[9..] ids
 --
 -- Returns the number of leases released.
-local leases, queue, waiters, channel = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
-local released, wake = 0, false
-for i = 2, #ARGV do
+local st = semaphore_state()
+local now, tomb_ttl = st.now, tonumber(ARGV[8])
+local queued = redis.call('ZCARD', st.queue)
+local released, nudge, head = 0, false, nil
+for i = 9, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZREM', leases, id) == 1 then
+  if redis.call('ZREM', st.leases, id) == 1 then
     released = released + 1
-    wake = true
-  elseif redis.call('ZSCORE', queue, id) then
+    nudge = true
+  elseif queued > 0 then
     -- A waiter withdrawing; if it was the head, the next one is.
-    local head = redis.call('ZRANGE', queue, 0, 0)[1]
-    redis.call('ZREM', queue, id)
-    redis.call('ZREM', waiters, id)
-    wake = wake or head == id
+    head = head or redis.call('ZRANGE', st.queue, 0, 0)[1]
+    if redis.call('ZREM', st.queue, id) == 1 then
+      queued = queued - 1
+      nudge = nudge or head == id
+    end
   end
+  redis.call('ZADD', st.gone, now + tomb_ttl, id)
 end
-if wake then
-  wake_head(queue, channel)
+redis.call('ZREMRANGEBYSCORE', st.gone, '-inf', now)
+keep_ttl(tomb_ttl, st.gone)
+if queued > 0 then
+  redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
+  local holders = redis.call('ZCARD', st.leases)
+  if holders < st.size then
+    serve(st, holders, {}, nudge)
+  end
 end
 return released

@@ -1,6 +1,7 @@
 -- reserve.lua: reserve n tokens of a cluster-wide token bucket (GCRA).
 --
 -- KEYS[1]  bucket: string, the TAT in microseconds (TTL: until the bucket is full again)
+-- KEYS[2]  clock: the latest Redis time a script used (see common.lua)
 -- ARGV[1]  interval: microseconds per token (period / rate, rounded up)
 -- ARGV[2]  burst: bucket size
 -- ARGV[3]  n: tokens to take (1 <= n <= burst)
@@ -12,7 +13,7 @@
 --             max_wait: nothing was consumed.
 --   tat   the bucket's TAT after this reservation (identifies it for cancel.lua)
 local interval, burst, n, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_us()
+local now = clock(KEYS[2])
 local new_tat, allow_at = gcra(KEYS[1], now, interval, burst, n)
 local wait = math.max(0, allow_at - now)
 if max_wait >= 0 and wait > max_wait then

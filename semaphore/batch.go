@@ -16,7 +16,8 @@ import (
 //
 // A caller that leaves when its context ends while its request is in flight
 // does not know what became of it: the abandoned hook undoes it, after the
-// answer.
+// answer. A caller that leaves before its request was sent is told so
+// (errNotSent): nothing of that request reached Redis.
 type batcher[Req, Res any] struct {
 	// run executes one batch; it returns one result per request, in order.
 	run func(ctx context.Context, reqs []Req) ([]Res, error)
@@ -72,19 +73,27 @@ func (b *batcher[Req, Res]) do(ctx context.Context, req Req) (Res, error) {
 	case <-c.done:
 		return c.res, c.err
 	case <-ctx.Done():
-		if !b.drop(c) && b.abandoned != nil {
+		var zero Res
+		if b.drop(c) {
+			return zero, fmt.Errorf("%w: %w", errNotSent, ctx.Err())
+		}
+		if b.abandoned != nil {
 			go func() {
 				<-c.done
 				b.abandoned(c.req)
 			}()
 		}
-		var zero Res
 		return zero, fmt.Errorf("%w: %w", errLeft, ctx.Err())
 	}
 }
 
-// errLeft marks the error of a caller that left before its answer.
-var errLeft = errors.New("semaphore: caller left before the answer")
+// errLeft marks the error of a caller that left while its request was in
+// flight, before the answer; errNotSent, of a caller that left while its
+// request still waited for a batch: it was never sent.
+var (
+	errLeft    = errors.New("semaphore: caller left before the answer")
+	errNotSent = errors.New("semaphore: caller left before its request was sent")
+)
 
 // drop removes c if it is still waiting for a batch, and reports whether it
 // did (then the request was never sent).

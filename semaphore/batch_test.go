@@ -96,13 +96,13 @@ func TestBatcherCallersLeaveOnTheirDeadline(t *testing.T) {
 
 	waitFor(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.pending) == 3 })
 	dropCancel()
-	if err := <-dropped; !errors.Is(err, context.Canceled) || !errors.Is(err, errLeft) {
+	if err := <-dropped; !errors.Is(err, context.Canceled) || !errors.Is(err, errNotSent) || errors.Is(err, errLeft) {
 		t.Fatalf("caller cancelled while queued: %v", err)
 	}
 	close(releaseFirst)
 	<-inflightIn
 	inflightCancel()
-	if err := <-inflight; !errors.Is(err, context.Canceled) {
+	if err := <-inflight; !errors.Is(err, context.Canceled) || !errors.Is(err, errLeft) {
 		t.Fatalf("caller whose batch hangs: %v", err)
 	}
 	sent.Store("inflight-answered", true)

@@ -2,6 +2,7 @@ package semaphore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -48,9 +49,11 @@ func Example_admission() {
 			}
 			// Release is shielded: it runs even if ctx is cancelled.
 			defer lease.Release(ctx)
-			// Derive the vendor call from lease.Context(): losing the
-			// lease aborts the call.
-			_ = lease.Context()
+			// Run the vendor call under a context bound to the lease:
+			// losing the lease aborts the call.
+			callCtx, cancel := lease.Bind(ctx)
+			defer cancel()
+			_ = callCtx // e.g. http.NewRequestWithContext(callCtx, ...)
 			mu.Lock()
 			done++
 			mu.Unlock()
@@ -80,4 +83,41 @@ func ExampleSemaphore_TryAcquire() {
 	// Output:
 	// semaphore: not acquired
 	// <nil> true
+}
+
+// A request's work runs under a context that ends with the request AND with
+// the lease: when the lease is lost (Redis no longer has it, so another
+// replica may have the slot), the work is cancelled with ErrLeaseLost as
+// the cause. Test the errors of Acquire in the order shown.
+func ExampleLease_Bind() {
+	mr, _ := miniredis.Run()
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	sem, _ := semaphore.New(rdb, "vendor-y", semaphore.Options{Size: 1, LeaseTTL: time.Second})
+	defer sem.Close()
+
+	reqCtx, cancelReq := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelReq()
+	lease, err := sem.Acquire(reqCtx)
+	switch {
+	case errors.Is(err, semaphore.ErrUnavailable):
+		fmt.Println("503: Redis is down") // fail closed
+		return
+	case errors.Is(err, semaphore.ErrQueueTimeout):
+		fmt.Println("503: cannot start in time") // never retried
+		return
+	case err != nil:
+		fmt.Println("client went away:", err)
+		return
+	}
+	defer lease.Release(reqCtx)
+
+	callCtx, cancel := lease.Bind(reqCtx)
+	defer cancel()
+	// Redis's clock jumps an hour ahead: the lease expires in Redis.
+	mr.SetTime(time.Now().Add(time.Hour))
+	<-callCtx.Done() // at the next renewal, within LeaseTTL/3
+	fmt.Println(context.Cause(callCtx))
+	// Output: semaphore: lease lost
 }

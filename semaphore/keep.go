@@ -2,21 +2,21 @@ package semaphore
 
 import (
 	"context"
-	"fmt"
 	"time"
-
-	"github.com/sluicehq/sluice/scripts"
 )
 
-// keep renews this replica's leases and queue places, all in one script call
-// per round: waiters every WaiterTTL/4, leases every LeaseTTL/3. A lease that
-// Redis no longer has is ended as lost; a waiter that lost its place is woken
-// to queue again.
+// keep renews this replica's leases every LeaseTTL/3 and, while it has
+// callers queued, its heartbeat every WaiterTTL/4: each on its own schedule,
+// in one script call when both are due. A lease that Redis no longer has is
+// ended as lost. If the heartbeat had expired (Redis unreachable for a
+// while), every waiter is woken to ask again: it may have lost its place.
 func (s *Semaphore) keep(ctx context.Context) {
 	defer s.bg.Done()
-	t := time.NewTicker(s.opt.WaiterTTL / 4)
+	leaseEvery, beatEvery := s.opt.LeaseTTL/3, s.opt.WaiterTTL/4
+	now := time.Now()
+	leaseDue, beatDue := now.Add(leaseEvery), now.Add(beatEvery)
+	t := time.NewTimer(min(leaseEvery, beatEvery))
 	defer t.Stop()
-	var leasesDue time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -24,88 +24,83 @@ func (s *Semaphore) keep(ctx context.Context) {
 		case <-t.C:
 		}
 		now := time.Now()
-		var leases, waiters []string
+		doLeases, doBeat := !now.Before(leaseDue), !now.Before(beatDue)
+		var leases []string
+		replica := ""
 		s.mu.Lock()
-		if !now.Before(leasesDue) {
+		if doLeases {
 			for id := range s.leases {
 				leases = append(leases, id)
 			}
 		}
-		for id, w := range s.waiters {
-			if w.queued {
-				waiters = append(waiters, id)
+		if doBeat {
+			for _, w := range s.waiters {
+				if w.queued {
+					replica = s.replica
+					break
+				}
 			}
 		}
 		s.mu.Unlock()
-		if len(leases) == 0 && len(waiters) == 0 {
-			continue
+		timeout := beatEvery * 2
+		if doLeases {
+			timeout = min(timeout, leaseEvery)
 		}
-		rctx, cancel := context.WithTimeout(ctx, s.opt.WaiterTTL/2)
-		sent := time.Now()
-		lostLeases, lostWaiters, err := s.keepalive(rctx, leases, waiters)
-		cancel()
-		if err != nil {
-			continue // leases end by their local deadline if this persists
+		var err error
+		if len(leases) > 0 || replica != "" {
+			err = s.renew(ctx, timeout, replica, leases)
 		}
-		if len(leases) > 0 {
-			leasesDue = sent.Add(s.opt.LeaseTTL / 3)
+		if doLeases {
+			leaseDue = now.Add(leaseEvery)
+			if err != nil {
+				leaseDue = now.Add(leaseEvery / 4) // try again soon
+			}
 		}
-		s.mu.Lock()
-		renewed := make([]*Lease, 0, len(leases))
-		for _, id := range leases {
-			if l := s.leases[id]; l != nil && !lostLeases[id] {
+		if doBeat {
+			beatDue = now.Add(beatEvery)
+		}
+		next := leaseDue
+		if beatDue.Before(next) {
+			next = beatDue
+		}
+		t.Reset(time.Until(next))
+	}
+}
+
+// renew runs one keepalive round and applies its answer.
+func (s *Semaphore) renew(ctx context.Context, timeout time.Duration, replica string, leases []string) error {
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	sent := time.Now()
+	lost, stale, err := s.st.Keepalive(rctx, s.rdb, replica, leases)
+	if err != nil {
+		return err // leases end by their local deadline if this persists
+	}
+	isLost := make(map[string]bool, len(lost))
+	for _, id := range lost {
+		isLost[id] = true
+	}
+	s.mu.Lock()
+	renewed := make([]*Lease, 0, len(leases))
+	ended := make([]*Lease, 0, len(lost))
+	for _, id := range leases {
+		if l := s.leases[id]; l != nil {
+			if isLost[id] {
+				ended = append(ended, l)
+			} else {
 				renewed = append(renewed, l)
 			}
 		}
-		lost := make([]*Lease, 0, len(lostLeases))
-		for id := range lostLeases {
-			if l := s.leases[id]; l != nil {
-				lost = append(lost, l)
-			}
-		}
-		for id := range lostWaiters {
-			if w := s.waiters[id]; w != nil {
-				w.queued = false
-				notify(w.wake)
-			}
-		}
-		s.mu.Unlock()
-		for _, l := range renewed {
-			l.extend(sent)
-		}
-		for _, l := range lost {
-			l.end(ErrLeaseLost)
-		}
 	}
-}
-
-// keepalive runs keepalive.lua and returns the ids Redis no longer had.
-func (s *Semaphore) keepalive(ctx context.Context, leases, waiters []string) (lostLeases, lostWaiters map[string]bool, err error) {
-	args := make([]any, 0, 4+len(leases)+len(waiters))
-	args = append(args, s.opt.LeaseTTL.Microseconds(), s.opt.WaiterTTL.Microseconds(), s.channel, len(leases))
-	for _, id := range leases {
-		args = append(args, id)
+	s.mu.Unlock()
+	for _, l := range renewed {
+		l.extend(sent, s.opt.LeaseTTL)
 	}
-	for _, id := range waiters {
-		args = append(args, id)
+	for _, l := range ended {
+		l.end(ErrLeaseLost)
 	}
-	res, err := scripts.Keepalive.Run(ctx, s.rdb, s.keys[:3], args...).Slice()
-	if err != nil {
-		return nil, nil, fmt.Errorf("semaphore: keepalive: %w", err)
+	if stale {
+		s.wakeAll()
 	}
-	if len(res) != 2 {
-		return nil, nil, fmt.Errorf("semaphore: keepalive: unexpected reply %v", res)
-	}
-	return idSet(res[0]), idSet(res[1]), nil
-}
-
-func idSet(v any) map[string]bool {
-	list, _ := v.([]any)
-	set := make(map[string]bool, len(list))
-	for _, id := range list {
-		if s, ok := id.(string); ok {
-			set[s] = true
-		}
-	}
-	return set
+	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/redisstate"
 )
 
 // Lease is one slot of a Semaphore, held until Release or until it is lost.
@@ -27,14 +29,18 @@ type Lease struct {
 	releaseErr  error
 }
 
-// validity is how long after sending an acquire or renewal the lease is
-// surely still ours: its TTL counted from before Redis ran the script, less a
-// margin for clock rate differences.
-func (s *Semaphore) validity() time.Duration { return s.opt.LeaseTTL - s.opt.LeaseTTL/10 }
+// validUntil is the local time up to which a lease is surely still ours when
+// Redis, running a script sent at sent, said it had left to live: that life
+// counted from before the script ran (never from the answer, which may come
+// late or be a resent call's), less a margin of a tenth of the TTL for clock
+// rate differences.
+func (s *Semaphore) validUntil(sent time.Time, left time.Duration) time.Time {
+	return sent.Add(left - s.opt.LeaseTTL/10)
+}
 
-func (s *Semaphore) newLease(id string, sent time.Time, granted int64) (*Lease, bool) {
+func (s *Semaphore) newLease(id string, sent time.Time, res redisstate.AcquireReply) (*Lease, bool) {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	l := &Lease{s: s, id: id, ctx: ctx, cancel: cancel, granted: granted, validUntil: sent.Add(s.validity())}
+	l := &Lease{s: s, id: id, ctx: ctx, cancel: cancel, granted: res.GrantedAt, validUntil: s.validUntil(sent, res.Left)}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -52,8 +58,7 @@ func (s *Semaphore) newLease(id string, sent time.Time, granted int64) (*Lease, 
 // ID returns the lease's id, as stored in Redis.
 func (l *Lease) ID() string { return l.id }
 
-// GrantedAt returns when Redis granted the lease, by Redis's clock (zero if
-// unknown: a retried acquire). Useful to correlate logs across replicas.
+// GrantedAt returns when Redis granted the lease, by Redis's clock. Useful to correlate logs across replicas.
 func (l *Lease) GrantedAt() time.Time {
 	if l.granted == 0 {
 		return time.Time{}
@@ -65,6 +70,20 @@ func (l *Lease) GrantedAt() time.Time {
 // (cause ErrLeaseLost; see context.Cause). Derive the work the lease guards
 // from it, so that losing the slot aborts the work.
 func (l *Lease) Context() context.Context { return l.ctx }
+
+// Bind returns a context derived from parent that also ends when the lease
+// ends (lost, released or closed), with the lease's cause (see
+// context.Cause). Run the work the lease guards under it, so that losing the
+// slot aborts the work and the work ends with its caller too. Call cancel
+// when the work is done.
+func (l *Lease) Bind(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
+	ctx, cancelCause := context.WithCancelCause(parent)
+	stop := context.AfterFunc(l.ctx, func() { cancelCause(context.Cause(l.ctx)) })
+	return ctx, func() {
+		stop()
+		cancelCause(context.Canceled)
+	}
+}
 
 // Err returns nil while the lease is held, else why it ended (ErrReleased,
 // ErrLeaseLost or ErrClosed).
@@ -102,14 +121,14 @@ func (l *Lease) Release(ctx context.Context) error {
 	return l.releaseErr
 }
 
-// extend records a renewal sent at sent.
-func (l *Lease) extend(sent time.Time) {
+// extend records a renewal to ttl sent at sent.
+func (l *Lease) extend(sent time.Time, ttl time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ended {
 		return
 	}
-	if until := sent.Add(l.s.validity()); until.After(l.validUntil) {
+	if until := l.s.validUntil(sent, ttl); until.After(l.validUntil) {
 		l.validUntil = until
 		l.timer.Reset(time.Until(until))
 	}

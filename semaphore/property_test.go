@@ -18,6 +18,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/invariant"
 	"github.com/sluicehq/sluice/internal/multiproc"
+	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/limiter"
 )
@@ -146,7 +147,7 @@ func checkClean(t testing.TB, rdb redis.UniversalClient, budget string) {
 	if st := state(t, s); st.Holders != 0 || st.Waiters != 0 {
 		t.Errorf("left behind: %+v", st)
 	}
-	keys, err := redistest.KeysWithoutTTL(context.Background(), rdb, limiter.KeyPrefix(budget)+"*")
+	keys, err := redistest.KeysWithoutTTL(context.Background(), rdb, redisstate.Prefix(budget)+"*")
 	if err != nil || len(keys) > 0 {
 		t.Errorf("keys without TTL: %v %v", keys, err)
 	}
@@ -379,14 +380,14 @@ func (r *recorder) EvalSha(ctx context.Context, sha string, keys []string, args 
 // caller can still wait); every instant comes from Redis's TIME.
 func TestNoClientTimeReachesTheScripts(t *testing.T) {
 	rec := &recorder{UniversalClient: redistest.New(t).Client(t)}
-	s := newSem(t, rec, redistest.Budget(t), Options{Size: 1, Rate: limiter.Limit{Rate: 10, Burst: 1, Period: time.Second}, LeaseTTL: 150 * time.Millisecond, WaiterTTL: 40 * time.Millisecond})
+	s := newSem(t, rec, redistest.Budget(t), Options{Size: 1, Rate: limiter.Limit{Rate: 10, Burst: 1, Period: time.Second}, LeaseTTL: MinLeaseTTL, WaiterTTL: MinWaiterTTL})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
 	l, err := s.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { time.Sleep(300 * time.Millisecond); _ = l.Release(ctx) }()
+	go func() { time.Sleep(MinLeaseTTL); _ = l.Release(ctx) }()
 	l2, err := s.Acquire(ctx) // waits: queued, renewed, woken
 	if err != nil {
 		t.Fatal(err)

@@ -1,11 +1,3 @@
-// Package semaphore is a counting semaphore of leases shared by every replica
-// through Redis: at most Size holders at once, cluster-wide, served FIFO.
-//
-// A lease has a TTL in Redis time and renews itself while held, so the slot of
-// a replica that dies comes back within the TTL. With Options.Rate set,
-// Acquire also takes a token of the budget's token bucket in the same atomic
-// script, at the moment the slot is granted: that is sluice's admission,
-// which keeps both the vendor's concurrency limit and its rate.
 package semaphore
 
 import (
@@ -14,13 +6,15 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/limiter"
-	"github.com/sluicehq/sluice/scripts"
 )
 
 var (
@@ -38,11 +32,18 @@ var (
 	// ErrReleased is the cause of a lease's context after Release.
 	ErrReleased = errors.New("semaphore: lease released")
 	// ErrUnavailable marks errors of Redis itself (unreachable, failing,
-	// not answering in time). With ErrQueueTimeout too, Redis did not
-	// answer before the caller's deadline.
+	// not answering in time, or a wake-up subscription found dead). With
+	// ErrQueueTimeout too, Redis did not answer before the caller's
+	// deadline.
 	ErrUnavailable = errors.New("semaphore: redis unavailable")
 	// ErrClosed is returned by calls on a closed Semaphore.
 	ErrClosed = errors.New("semaphore: closed")
+)
+
+// The shortest TTLs the background loop can keep (see Options).
+const (
+	MinLeaseTTL  = 500 * time.Millisecond
+	MinWaiterTTL = 100 * time.Millisecond
 )
 
 // Options configure a Semaphore. The zero value of each field means its
@@ -50,17 +51,22 @@ var (
 type Options struct {
 	// Size is the number of slots, cluster-wide (the vendor's concurrency C).
 	Size int
-	// LeaseTTL is how long a lease lives in Redis without renewal; held
-	// leases renew every LeaseTTL/3. A dead holder's slot returns within
-	// it. Default 15s.
+	// LeaseTTL is how long a lease lives in Redis without renewal. Held
+	// leases renew on their own schedule, every LeaseTTL/3, all of a
+	// replica's in one call; locally a lease counts as held for 0.9 of it
+	// from the moment its last renewal was sent, so one failed renewal
+	// round is survived. A dead holder's slot returns within it. At least
+	// MinLeaseTTL (500ms; New refuses less). Default 15s.
 	LeaseTTL time.Duration
 	// Rate, if not zero, makes every Acquire also take one token of the
 	// budget's token bucket (limiter.Bucket of the same budget), in the
 	// same script as the slot.
 	Rate limiter.Limit
-	// WaiterTTL is how long a queued caller keeps its place without
-	// renewal; a replica renews its waiters every WaiterTTL/4, in one call.
-	// A waiter whose replica dies leaves the queue within it. Default 2s.
+	// WaiterTTL is how long the queued callers of a replica keep their
+	// places without news from it: the replica renews one heartbeat for
+	// all of them every WaiterTTL/4, and the waiters of a replica that
+	// died are dropped when they reach the head of the queue after it.
+	// At least MinWaiterTTL (100ms). Default 2s.
 	WaiterTTL time.Duration
 	// CleanupTimeout bounds shielded cleanup (release, withdrawing from the
 	// queue), which runs even when the caller's context is done. Default 2s.
@@ -80,8 +86,11 @@ func (o *Options) fill() error {
 	if o.CleanupTimeout == 0 {
 		o.CleanupTimeout = 2 * time.Second
 	}
-	if o.LeaseTTL < 30*time.Millisecond || o.WaiterTTL < 20*time.Millisecond {
-		return fmt.Errorf("semaphore: lease TTL (%s) and waiter TTL (%s) too short", o.LeaseTTL, o.WaiterTTL)
+	if o.LeaseTTL < MinLeaseTTL {
+		return fmt.Errorf("semaphore: lease TTL %s is shorter than %s: renewals every TTL/3 could not keep it", o.LeaseTTL, MinLeaseTTL)
+	}
+	if o.WaiterTTL < MinWaiterTTL {
+		return fmt.Errorf("semaphore: waiter TTL %s is shorter than %s", o.WaiterTTL, MinWaiterTTL)
 	}
 	if !o.Rate.IsZero() {
 		if err := o.Rate.Validate(); err != nil {
@@ -105,20 +114,19 @@ const (
 
 // fallbackPoll bounds how long a waiter sleeps without news; wake-ups come by
 // pub/sub, so this only matters if a message was lost.
-const fallbackPoll = 5 * time.Second
+const fallbackPoll = 10 * time.Second
 
 // Semaphore is a cluster-wide counting semaphore of leases. Every Semaphore of
 // the same budget on the same Redis shares the slots; they must agree on Size.
 // A Semaphore is safe for concurrent use; Close it to stop its background
 // work and release what it holds.
 type Semaphore struct {
-	rdb      redis.UniversalClient
-	opt      Options
-	keys     []string // leases, queue, waiters, bucket
-	channel  string
-	interval int64 // microseconds per token; 0 without Rate
+	rdb     redis.UniversalClient
+	opt     Options
+	st      redisstate.Semaphore
+	replica string // this Semaphore's id in Redis; prefix of its lease ids
 
-	acq *batcher[acquireReq, [3]int64]
+	acq *batcher[redisstate.AcquireRequest, redisstate.AcquireReply]
 	rel *batcher[[]string, struct{}]
 
 	mu      sync.Mutex
@@ -129,47 +137,81 @@ type Semaphore struct {
 	stop     context.CancelFunc
 	bg       sync.WaitGroup
 	cleanups sync.WaitGroup // releases and withdrawals under way
-	ps       *redis.PubSub
+	sub      subscription
 }
 
 type waiter struct {
 	wake   chan struct{}
-	queued bool
+	queued bool // Redis answered "queued": the replica's heartbeat keeps it
+	// handedAt is the Redis time of a slot handed over to the waiter while
+	// it was queued (see redisstate.HandOff); 0 if none.
+	handedAt int64
 }
 
-// New returns the semaphore of budget. It subscribes to the budget's wake
+// New returns the semaphore of budget. It subscribes to its replica's wake
 // channel and starts the renewal loop; it does not fail when Redis is down
-// (calls fail until it is back).
+// (calls fail until it is back). On a Redis Cluster of Redis 7 or later it
+// uses sharded pub/sub, so wake-ups stay on the budget's shard.
 //
 // For calls to end by their deadline when Redis hangs, give it a client
 // that honours context deadlines (go-redis Options.ContextTimeoutEnabled, as
-// sluice serve does) or has short read and write timeouts.
+// sluice serve does) or has short read and write timeouts. Any retry setting
+// of the client is safe (see the package documentation).
 func New(rdb redis.UniversalClient, budget string, opt Options) (*Semaphore, error) {
 	if err := opt.fill(); err != nil {
 		return nil, err
 	}
-	p := limiter.KeyPrefix(budget)
 	s := &Semaphore{
-		rdb:     rdb,
-		opt:     opt,
-		keys:    []string{p + "leases", p + "queue", p + "waiters", limiter.BucketKey(budget)},
-		channel: p + "wake",
+		rdb: rdb,
+		opt: opt,
+		st: redisstate.Semaphore{
+			Keys:      redisstate.For(budget),
+			Size:      opt.Size,
+			LeaseTTL:  opt.LeaseTTL,
+			WaiterTTL: opt.WaiterTTL,
+			Burst:     opt.Rate.Burst,
+			Sharded:   sharded(rdb),
+		},
+		replica: token(8),
 		waiters: map[string]*waiter{},
 		leases:  map[string]*Lease{},
 	}
 	if !opt.Rate.IsZero() {
-		s.interval = limiter.IntervalMicros(opt.Rate)
+		s.st.Interval = redisstate.IntervalMicros(opt.Rate.Rate, opt.Rate.Period)
 	}
-	s.acq = &batcher[acquireReq, [3]int64]{run: s.acquireBatch, timeout: acquireTimeout,
-		abandoned: func(r acquireReq) { s.withdraw(r.id) }}
+	s.acq = &batcher[redisstate.AcquireRequest, redisstate.AcquireReply]{run: s.acquireBatch, timeout: acquireTimeout,
+		abandoned: func(r redisstate.AcquireRequest) { s.withdraw(r.ID) }}
 	s.rel = &batcher[[]string, struct{}]{run: s.releaseBatch, timeout: opt.CleanupTimeout}
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
-	s.ps = rdb.Subscribe(ctx, s.channel)
+	s.sub.init(ctx, rdb, s.st.Keys.WakeChannel(s.replica), s.st.Sharded)
 	s.bg.Add(2)
 	go s.listen(ctx)
 	go s.keep(ctx)
 	return s, nil
+}
+
+// sharded reports whether rdb is a Redis Cluster whose servers have sharded
+// pub/sub (Redis 7+). Asked once; if Redis does not answer, classic pub/sub
+// is used, which works everywhere.
+func sharded(rdb redis.UniversalClient) bool {
+	if _, ok := rdb.(*redis.ClusterClient); !ok {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := rdb.Info(ctx, "server").Result()
+	if err != nil {
+		return false
+	}
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+			major, _, _ := strings.Cut(v, ".")
+			n, err := strconv.Atoi(major)
+			return err == nil && n >= 7
+		}
+	}
+	return false
 }
 
 // Size returns the number of slots.
@@ -178,9 +220,10 @@ func (s *Semaphore) Size() int { return s.opt.Size }
 // Acquire waits for a slot (and, with Options.Rate, a token) and returns its
 // lease. Callers are served in the order they first asked, across replicas.
 // If ctx has a deadline that cannot be met, Acquire fails with
-// ErrQueueTimeout, at once when that is known in advance. If ctx ends first,
-// it returns ctx's error. On any error nothing is held and the caller's place
-// in the queue is withdrawn (shielded from ctx's cancellation).
+// ErrQueueTimeout, at once when that is known in advance. If ctx is
+// cancelled first, it returns ctx's error. Errors of Redis carry
+// ErrUnavailable. On any error nothing is held and the caller's place in the
+// queue is withdrawn (shielded from ctx's cancellation).
 func (s *Semaphore) Acquire(ctx context.Context) (*Lease, error) {
 	return s.acquire(ctx, false)
 }
@@ -192,50 +235,59 @@ func (s *Semaphore) TryAcquire(ctx context.Context) (*Lease, error) {
 	return s.acquire(ctx, true)
 }
 
-// acquire statuses, as acquire.lua returns them.
-const (
-	granted  = 1
-	waiting  = 0
-	tooLate  = -1
-	busy     = -2
-	waitRate = 3
-)
-
 func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, ctxError(ctx)
 	}
-	id := newID()
+	id := s.newID()
 	var w *waiter
 	if !try {
 		w = &waiter{wake: make(chan struct{}, 1)}
 		if !s.addWaiter(id, w) {
 			return nil, ErrClosed
 		}
-		defer s.removeWaiter(id)
+		defer func() { s.removeWaiter(id) }()
 	} else if s.isClosed() {
 		return nil, ErrClosed
 	}
+	// sent: a request with this id may have reached Redis, so leaving must
+	// withdraw it; an id that never left this process needs nothing.
+	sent := false
+	var queuedSent time.Time // when the latest call answered "queued" was sent
+	leave := func() {
+		if sent {
+			s.withdraw(id)
+		}
+	}
 	for {
-		maxWait := int64(-1)
+		req := redisstate.AcquireRequest{ID: id, MaxWait: -1, Try: try}
 		deadline, hasDeadline := ctx.Deadline()
 		if hasDeadline {
 			left := time.Until(deadline)
 			if left < minCallBudget {
 				// Too late for a round trip (e.g. woken at the deadline).
-				s.withdraw(id)
+				leave()
 				return nil, ctxError(ctx)
 			}
-			maxWait = left.Microseconds()
+			req.MaxWait = left
 		}
-		sent := time.Now()
-		res, err := s.acq.do(ctx, acquireReq{id: id, maxWait: maxWait, try: try})
+		start := time.Now()
+		res, err := s.acq.do(ctx, req)
 		if err != nil {
-			// The script may have run (a reply lost, a timeout): the id
-			// makes undoing it exact. A caller that left before the
-			// answer is undone by the batcher once the answer is in.
-			if !errors.Is(err, errLeft) {
-				s.withdraw(id)
+			switch {
+			case errors.Is(err, errNotSent):
+				// Dropped before it was sent: only earlier requests
+				// of the id can be in Redis.
+				leave()
+			case errors.Is(err, errLeft):
+				// In flight when the caller left: the batcher
+				// withdraws it once the answer is in, so that the
+				// withdrawal cannot run before the request.
+			default:
+				// The script may have run (a reply lost, a
+				// timeout): the id makes undoing it exact.
+				sent = true
+				leave()
 			}
 			switch {
 			case errors.Is(ctx.Err(), context.Canceled):
@@ -244,7 +296,7 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 				// The deadline came during a round trip: nothing says
 				// Redis is down.
 				return nil, ctxError(ctx)
-			case hasDeadline && !time.Now().Before(deadline) && deadline.Sub(sent) < unansweredAfter:
+			case hasDeadline && !time.Now().Before(deadline) && deadline.Sub(start) < unansweredAfter:
 				// A short round trip cut by the deadline: nothing says
 				// Redis is down.
 				return nil, ctxError(ctx)
@@ -254,26 +306,42 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 			}
 			return nil, fmt.Errorf("%w: acquire: %w", ErrUnavailable, err)
 		}
-		switch res[0] {
-		case granted:
-			l, ok := s.newLease(id, sent, res[1])
+		sent = true
+		switch res.Status {
+		case redisstate.Granted:
+			l, ok := s.newLease(id, start, res)
 			if !ok {
-				s.withdraw(id)
+				leave()
 				return nil, ErrClosed
 			}
 			return l, nil
-		case tooLate:
+		case redisstate.TooLate:
 			return nil, fmt.Errorf("%w: next token in %s, deadline in %s", ErrQueueTimeout,
-				time.Duration(res[2])*time.Microsecond, time.Until(deadline).Round(time.Millisecond))
-		case busy:
+				res.Hint, time.Until(deadline).Round(time.Millisecond))
+		case redisstate.Busy:
 			return nil, ErrNotAcquired
+		case redisstate.Gone:
+			// Withdrawn behind the caller's back (Close): nothing is
+			// held under this id.
+			if s.isClosed() {
+				return nil, ErrClosed
+			}
+			return nil, fmt.Errorf("%w: acquire: the request was withdrawn", ErrUnavailable)
 		}
 		s.markQueued(id)
-		// Waiting: for a wake-up (our turn, a release), for the time the
-		// script named (a token, a lease expiry), or for the deadline.
+		queuedSent = start
+		if l, err := s.handedOver(id, w, queuedSent); l != nil || err != nil {
+			if err != nil {
+				leave()
+			}
+			return l, err
+		}
+		// Waiting: for the slot to be handed over, for a wake-up, for the
+		// time the script named (a token, a lease expiry), or for the
+		// deadline.
 		d := fallbackPoll
-		if res[1] > 1 {
-			d = min(d, max(time.Duration(res[2])*time.Microsecond, time.Millisecond))
+		if res.Reason != redisstate.Ahead {
+			d = min(d, max(res.Hint, time.Millisecond))
 		}
 		if hasDeadline {
 			d = min(d, time.Until(deadline))
@@ -284,15 +352,45 @@ func (s *Semaphore) acquire(ctx context.Context, try bool) (*Lease, error) {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			s.withdraw(id)
+			leave()
 			return nil, ctxError(ctx)
 		}
 		t.Stop()
 		if s.isClosed() {
-			s.withdraw(id)
+			leave()
 			return nil, ErrClosed
 		}
+		if l, err := s.handedOver(id, w, queuedSent); l != nil || err != nil {
+			if err != nil {
+				leave()
+			}
+			return l, err
+		}
 	}
+}
+
+// handedOver returns the lease of a slot handed over to waiter id, if one
+// was. The grant ran after the call answered "queued", so the lease's life
+// is counted from when that call was sent. When that leaves less than half a
+// TTL (a long wait), it returns nil: the caller asks again, and Redis
+// answers with the life the lease has left.
+func (s *Semaphore) handedOver(id string, w *waiter, queuedSent time.Time) (*Lease, error) {
+	s.mu.Lock()
+	at := w.handedAt
+	w.handedAt = 0
+	s.mu.Unlock()
+	if at == 0 {
+		return nil, nil
+	}
+	res := redisstate.AcquireReply{Status: redisstate.Granted, Left: s.opt.LeaseTTL, GrantedAt: at}
+	if time.Until(s.validUntil(queuedSent, res.Left)) < s.opt.LeaseTTL/2 {
+		return nil, nil
+	}
+	l, ok := s.newLease(id, queuedSent, res)
+	if !ok {
+		return nil, ErrClosed
+	}
+	return l, nil
 }
 
 // ctxError is the error of a wait that ctx ended, or whose deadline passed
@@ -331,87 +429,65 @@ func (s *Semaphore) beginCleanup() bool {
 
 func (s *Semaphore) release(ctx context.Context, ids ...string) error {
 	if _, err := s.rel.do(context.WithoutCancel(ctx), ids); err != nil {
-		return fmt.Errorf("semaphore: release: %w", err)
+		return fmt.Errorf("%w: release: %w", ErrUnavailable, err)
 	}
 	return nil
 }
 
-// acquireReq is one caller's request in a batch of acquire.lua.
-type acquireReq struct {
-	id      string
-	maxWait int64 // microseconds; -1: no limit
-	try     bool
-}
-
-// acquireBatch runs acquire.lua for a batch; one {status, reason, hint} each.
-func (s *Semaphore) acquireBatch(ctx context.Context, reqs []acquireReq) ([][3]int64, error) {
-	args := make([]any, 0, 6+3*len(reqs))
-	args = append(args, s.opt.Size, s.opt.LeaseTTL.Microseconds(), s.opt.WaiterTTL.Microseconds(),
-		s.interval, s.opt.Rate.Burst, s.channel)
-	for _, r := range reqs {
-		mode := "wait"
-		if r.try {
-			mode = "try"
-		}
-		args = append(args, r.id, r.maxWait, mode)
-	}
-	flat, err := scripts.Acquire.Run(ctx, s.rdb, s.keys, args...).Int64Slice()
-	if err != nil {
-		return nil, err
-	}
-	if len(flat) != 3*len(reqs) {
-		return nil, fmt.Errorf("unexpected reply %v", flat)
-	}
-	out := make([][3]int64, len(reqs))
-	for i := range out {
-		copy(out[i][:], flat[3*i:])
-	}
-	return out, nil
+// acquireBatch runs acquire.lua for a batch.
+func (s *Semaphore) acquireBatch(ctx context.Context, reqs []redisstate.AcquireRequest) ([]redisstate.AcquireReply, error) {
+	return s.st.Acquire(ctx, s.rdb, reqs)
 }
 
 // releaseBatch runs release.lua for the ids of a batch of callers.
 func (s *Semaphore) releaseBatch(ctx context.Context, reqs [][]string) ([]struct{}, error) {
-	args := []any{s.channel}
-	for _, ids := range reqs {
-		for _, id := range ids {
-			args = append(args, id)
-		}
+	var ids []string
+	for _, r := range reqs {
+		ids = append(ids, r...)
 	}
-	if err := scripts.Release.Run(ctx, s.rdb, s.keys[:3], args...).Err(); err != nil {
+	if _, err := s.st.Release(ctx, s.rdb, ids); err != nil {
 		return nil, err
 	}
 	return make([]struct{}, len(reqs)), nil
 }
 
-// Check reports whether Redis answers and the scripts run; it also drops
-// expired leases and waiters. Use it for readiness probes.
+// Check reports whether Redis answers, the scripts run and the wake-up
+// subscription is alive (a subscription that stopped answering its pings,
+// e.g. a connection a NAT silently dropped, is reported until it is
+// replaced). It also drops expired leases. Use it for readiness probes.
 func (s *Semaphore) Check(ctx context.Context) error {
-	_, _, err := s.keepalive(ctx, nil, nil)
-	return err
+	if err := s.sub.err(); err != nil {
+		return err
+	}
+	if _, _, err := s.st.Keepalive(ctx, s.rdb, "", nil); err != nil {
+		return fmt.Errorf("%w: check: %w", ErrUnavailable, err)
+	}
+	return nil
 }
 
 // State is a snapshot of a semaphore's shared state.
 type State struct {
 	// Holders is the number of live leases, cluster-wide.
 	Holders int64
-	// Waiters is the number of callers queued, cluster-wide.
+	// Waiters is the number of callers queued, cluster-wide (including
+	// those of dead replicas not yet dropped).
 	Waiters int64
 }
 
 // State returns the number of holders and waiters of the budget, after
-// dropping expired ones.
+// dropping expired leases.
 func (s *Semaphore) State(ctx context.Context) (State, error) {
-	if err := s.Check(ctx); err != nil {
-		return State{}, err
+	if _, _, err := s.st.Keepalive(ctx, s.rdb, "", nil); err != nil {
+		return State{}, fmt.Errorf("%w: state: %w", ErrUnavailable, err)
 	}
 	var holders, waiters *redis.IntCmd
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		holders = p.ZCard(ctx, s.keys[0])
-		waiters = p.ZCard(ctx, s.keys[1])
+		holders = p.ZCard(ctx, s.st.Keys.Leases)
+		waiters = p.ZCard(ctx, s.st.Keys.Queue)
 		return nil
 	})
 	if err != nil {
-		return State{}, fmt.Errorf("semaphore: state: %w", err)
+		return State{}, fmt.Errorf("%w: state: %w", ErrUnavailable, err)
 	}
 	return State{Holders: holders.Val(), Waiters: waiters.Val()}, nil
 }
@@ -446,7 +522,7 @@ func (s *Semaphore) Close() error {
 	}
 	s.cleanups.Wait() // releases that callers started before Close
 	s.stop()
-	psErr := s.ps.Close() // unblocks Receive, which ignores ctx while reading
+	psErr := s.sub.close() // unblocks a receive, which ignores ctx while reading
 	s.bg.Wait()
 	return errors.Join(err, psErr)
 }
@@ -488,55 +564,42 @@ func notify(c chan struct{}) {
 	}
 }
 
-// wake wakes the local waiter id, if it is ours; all waiters for "".
-func (s *Semaphore) wake(id string) {
+// deliver hands a message of the wake channel to its local waiter: a slot
+// handed over, or a wake-up. A message for an id this replica neither waits
+// for nor holds is a queue place (or a slot) left behind, e.g. by a
+// withdrawal that failed: it is withdrawn, so it cannot stall the queue.
+func (s *Semaphore) deliver(payload string) {
+	h := redisstate.ParseHandOff(payload)
+	s.mu.Lock()
+	w, l := s.waiters[h.ID], s.leases[h.ID]
+	if w != nil {
+		if h.GrantedAt != 0 {
+			w.handedAt = h.GrantedAt
+		}
+		notify(w.wake)
+	}
+	s.mu.Unlock()
+	if w == nil && l == nil && strings.HasPrefix(h.ID, s.replica+".") {
+		s.withdraw(h.ID)
+	}
+}
+
+// wakeAll wakes every local waiter: to ask again.
+func (s *Semaphore) wakeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if id != "" {
-		if w := s.waiters[id]; w != nil {
-			notify(w.wake)
-		}
-		return
-	}
 	for _, w := range s.waiters {
 		notify(w.wake)
 	}
 }
 
-// listen routes wake-ups from the budget's channel to local waiters. After
-// every (re)subscription it wakes them all, since messages sent while the
-// subscription was down are lost.
-func (s *Semaphore) listen(ctx context.Context) {
-	defer s.bg.Done()
-	backoff := 50 * time.Millisecond
-	for {
-		msg, err := s.ps.Receive(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-				return
-			}
-			backoff = min(2*backoff, 2*time.Second)
-			continue
-		}
-		backoff = 50 * time.Millisecond
-		switch m := msg.(type) {
-		case *redis.Message:
-			s.wake(m.Payload)
-		case *redis.Subscription:
-			if m.Kind == "subscribe" {
-				s.wake("")
-			}
-		}
-	}
-}
+// newID returns a new lease id: the replica's id, a dot, 16 random
+// characters.
+func (s *Semaphore) newID() string { return s.replica + "." + token(12) }
 
-func newID() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
-	return base64.RawURLEncoding.EncodeToString(b[:])
+// token returns n random bytes in unpadded base64url (no dots).
+func token(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b)
 }

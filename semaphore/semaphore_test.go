@@ -10,9 +10,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/limiter"
-	"github.com/sluicehq/sluice/scripts"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
@@ -174,32 +174,34 @@ func TestRateQueueTimeoutFailsFast(t *testing.T) {
 func TestLostLeaseCancelsContextAndIsNotResurrected(t *testing.T) {
 	rdb := redistest.New(t).Client(t)
 	budget := redistest.Budget(t)
-	s := newSem(t, rdb, budget, Options{Size: 1, LeaseTTL: 300 * time.Millisecond, WaiterTTL: 100 * time.Millisecond})
+	s := newSem(t, rdb, budget, Options{Size: 1, LeaseTTL: MinLeaseTTL, WaiterTTL: 100 * time.Millisecond})
 	l, err := s.Acquire(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := rdb.ZRem(context.Background(), s.keys[0], l.ID()).Err(); err != nil {
+	if err := rdb.ZRem(context.Background(), s.st.Keys.Leases, l.ID()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	<-l.Context().Done()
 	if !errors.Is(l.Err(), ErrLeaseLost) || l.Held() {
 		t.Fatalf("Err %v, Held %v", l.Err(), l.Held())
 	}
-	if n, _ := rdb.ZCard(context.Background(), s.keys[0]).Result(); n != 0 {
+	if n, _ := rdb.ZCard(context.Background(), s.st.Keys.Leases).Result(); n != 0 {
 		t.Fatalf("lost lease resurrected: %d holders", n)
 	}
 }
 
-// Leases renew themselves: held for several TTLs, still held.
+// Leases renew themselves on their own schedule: held for many TTLs, still
+// held, even with the shortest TTL and a waiter TTL far longer (renewals do
+// not wait for the waiters' heartbeat).
 func TestLeaseRenews(t *testing.T) {
 	rdb := redistest.New(t).Client(t)
-	s := newSem(t, rdb, redistest.Budget(t), Options{Size: 1, LeaseTTL: 150 * time.Millisecond, WaiterTTL: 40 * time.Millisecond})
+	s := newSem(t, rdb, redistest.Budget(t), Options{Size: 1, LeaseTTL: MinLeaseTTL, WaiterTTL: time.Minute})
 	l, err := s.Acquire(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	timer := time.NewTimer(time.Second) // ~7 TTLs
+	timer := time.NewTimer(10 * MinLeaseTTL)
 	select {
 	case <-l.Context().Done():
 		t.Fatalf("lease ended while held: %v", l.Err())
@@ -296,18 +298,21 @@ func TestNoQueueJumping(t *testing.T) {
 	}()
 	waitFor(t, func() bool { return state(t, s).Waiters == 1 })
 	// Another replica configured with room for two sees a free slot, but a
-	// waiter is ahead of it.
-	res, err := scripts.Acquire.Run(ctx, rdb, s.keys, 2, int64(15e6), int64(2e6), 0, 0, s.channel, "newcomer", -1, "wait").Int64Slice()
+	// waiter is ahead of it: the waiter is served first, the newcomer
+	// queues.
+	other := s.st
+	other.Size = 2
+	res, err := other.Acquire(ctx, rdb, []redisstate.AcquireRequest{{ID: "newcomer.x", MaxWait: -1}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res[0] != waiting || res[1] != 1 {
-		t.Fatalf("newcomer got %v, want to wait behind the queue (status 0, reason 1)", res)
+	if res[0].Status != redisstate.Queued {
+		t.Fatalf("newcomer got %+v, want to wait behind the queue", res[0])
 	}
 	if _, err := s.TryAcquire(ctx); !errors.Is(err, ErrNotAcquired) {
 		t.Fatalf("TryAcquire with a queue: %v", err)
 	}
-	_ = s.release(ctx, "newcomer")
+	_ = s.release(ctx, "newcomer.x")
 	_ = held.Release(ctx)
 }
 

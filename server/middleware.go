@@ -16,7 +16,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 
-	"github.com/sluicehq/sluice/limiter"
+	"github.com/sluicehq/sluice/internal/redisstate"
 )
 
 // record is what the access log and the metrics learn about one request as
@@ -187,7 +187,7 @@ func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 		if !s.validKey(key) {
 			return errUnauthorized("invalid_api_key", "invalid API key")
 		}
-		rec.user = "key-" + limiter.HashKey(key)[:16]
+		rec.user = "key-" + redisstate.HashKey(key)[:16]
 		return next(c)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/limiter"
 	"github.com/sluicehq/sluice/semaphore"
@@ -135,7 +136,7 @@ func bucketWait(b *testing.B, rdb *redis.Client) op {
 
 func redisRateAllow(b *testing.B, rdb *redis.Client) op {
 	rl := redis_rate.NewLimiter(rdb)
-	key := limiter.KeyPrefix(redistest.Budget(b)) + "redis_rate"
+	key := redisstate.Prefix(redistest.Budget(b)) + "redis_rate"
 	lim := redis_rate.Limit{Rate: never.Rate, Burst: never.Burst, Period: never.Period}
 	return func(ctx context.Context) (time.Duration, error) {
 		res, err := rl.Allow(ctx, key, lim)
@@ -148,7 +149,7 @@ func redisRateAllow(b *testing.B, rdb *redis.Client) op {
 
 func redislockObtainRelease(b *testing.B, rdb *redis.Client) op {
 	lc := redislock.New(rdb)
-	prefix := limiter.KeyPrefix(redistest.Budget(b)) + "lock:"
+	prefix := redisstate.Prefix(redistest.Budget(b)) + "lock:"
 	var n atomic.Int64
 	return func(ctx context.Context) (time.Duration, error) {
 		start := time.Now()

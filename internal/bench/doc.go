@@ -16,6 +16,11 @@
 // Nothing else may use that server during the run: the costs per operation
 // are read from its server-wide INFO commandstats and cpu.
 //
+// BenchmarkScale measures the cost per admission as the replicas sharing a
+// budget grow (C = 32, 480 waiters, 50 ms holds, 1 to 48 replicas), beside a
+// polling peer (redislock keys polled every 5 ms), for a fixed time per row;
+// run it alone, with -bench Scale -benchtime 1x (see its doc).
+//
 // TestCommandsPerAdmission (a test, run with the others) checks that waiting
 // does not poll: Redis script calls per admitted call under contention.
 package bench
