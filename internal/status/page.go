@@ -127,6 +127,9 @@ func seconds(v any) string {
 		}
 		return seconds(*v)
 	case float64:
+		if v == 0 {
+			return "0 s"
+		}
 		if v < 10 {
 			return strings.TrimSuffix(fmt.Sprintf("%.2f", v), "0") + " s"
 		}

@@ -102,7 +102,7 @@ func (s *Status) Snapshot() Snapshot {
 			bs.RatePerSecond = 1e6 / float64(b.interval)
 			bs.Burst = b.Rate.Burst
 		}
-		var granted, span float64
+		k := 0 // the sample the grant rate of sample j counts from
 		for j, smp := range s.ring {
 			p := smp.points[i]
 			pt := Point{T: smp.now / 1000, Leases: p.leases, Queue: p.queue, Replicas: len(p.replicas)}
@@ -110,20 +110,20 @@ func (s *Status) Snapshot() Snapshot {
 				tokens, next := p.tokens, float64(p.next)/1e6
 				pt.Tokens, pt.NextTokenSeconds = &tokens, &next
 			}
+			for k+1 < j && smp.now-s.ring[k+1].now >= rateWindow {
+				k++
+			}
 			if j > 0 && b.counted {
-				prev := s.ring[j-1]
-				if n, dt := grantedBetween(prev.points[i].grants, p.grants), float64(smp.now-prev.now)/1e6; dt > 0 {
-					r := n / dt
+				if r, ok := s.grantRate(i, k, j); ok {
 					pt.GrantsPerSecond = &r
-					granted += n
-					span += dt
 				}
 			}
 			bs.Samples = append(bs.Samples, pt)
 		}
-		if span > 0 {
-			r := granted / span
-			bs.GrantsPerSecond1m = &r
+		if n := len(s.ring); n > 1 && b.counted {
+			if r, ok := s.grantRate(i, 0, n-1); ok {
+				bs.GrantsPerSecond1m = &r
+			}
 		}
 		if n := len(s.ring); n > 0 {
 			bs.Replicas = append(bs.Replicas, s.ring[n-1].points[i].replicas...)
@@ -131,6 +131,25 @@ func (s *Status) Snapshot() Snapshot {
 		snap.Budgets = append(snap.Budgets, bs)
 	}
 	return snap
+}
+
+// rateWindow is the shortest time, in microseconds, over which a point's
+// grant rate is counted: grants come in bursts, and two samples can be
+// close together.
+const rateWindow = 1e6
+
+// grantRate is budget i's grant rate from sample k to sample j (k < j),
+// summed sample by sample so that a counter reset in between loses little.
+func (s *Status) grantRate(i, k, j int) (float64, bool) {
+	dt := float64(s.ring[j].now-s.ring[k].now) / 1e6
+	if dt <= 0 {
+		return 0, false
+	}
+	var n float64
+	for m := k + 1; m <= j; m++ {
+		n += grantedBetween(s.ring[m-1].points[i].grants, s.ring[m].points[i].grants)
+	}
+	return n / dt, true
 }
 
 // grantedBetween is the number of grants between two readings of the

@@ -158,17 +158,20 @@ func New(rdb redis.UniversalClient, budgets []Budget, opt Options) (*Status, err
 }
 
 // Run samples at once and then every Options.Interval until ctx is done,
-// and returns ctx's error. Run it once, in its own goroutine.
+// and returns ctx's error. Samples start at least Interval apart, however
+// long one takes. Run it once, in its own goroutine.
 func (s *Status) Run(ctx context.Context) error {
-	t := time.NewTicker(s.opt.Interval)
+	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
-		s.Sample(ctx)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-t.C:
 		}
+		began := time.Now()
+		_ = s.Sample(ctx) // kept for the page and counted
+		t.Reset(s.opt.Interval - time.Since(began))
 	}
 }
 

@@ -9,6 +9,7 @@
   }
   function secs(v) {
     if (v === null || v === undefined) return '–';
+    if (v === 0) return '0 s';
     return (v < 10 ? v.toFixed(2).replace(/0$/, '') : v.toFixed(0)) + ' s';
   }
   function set(id, text) { var e = $(id); if (e && e.textContent !== text) e.textContent = text; }
