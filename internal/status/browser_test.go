@@ -24,10 +24,8 @@ import (
 // skipped, or fails when SLUICE_REQUIRE_DOCKER is set (CI installs it).
 func chromium(t *testing.T) string {
 	t.Helper()
-	for _, name := range []string{"chromium", "/usr/bin/chromium"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
+	if p, err := exec.LookPath("chromium"); err == nil {
+		return p
 	}
 	if os.Getenv("SLUICE_REQUIRE_DOCKER") != "" {
 		t.Fatal("chromium is not installed (apt-get install chromium): the status page's browser test cannot run")

@@ -63,6 +63,9 @@ type Options struct {
 	// History is the number of samples kept. Default 60.
 	History int
 	// Timeout bounds one sample's round trip to Redis. Default Interval.
+	// A go-redis client cuts its reads at a context's deadline only with
+	// ContextTimeoutEnabled; otherwise a silent Redis holds a sample for
+	// the client's ReadTimeout (3s by default). The page answers meanwhile.
 	Timeout time.Duration
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -416,5 +417,68 @@ sluice_status_sample_errors_total 1
 	mustSample(t, st)
 	if snap := st.Snapshot(); snap.Error != "" || last(snap.Budgets[0]).Leases != 2 {
 		t.Fatalf("after the outage: %+v", snap)
+	}
+}
+
+// countReads counts the round trips a client makes to Redis, leaving out
+// the setup of a new connection (HELLO, CLIENT ...).
+type countReads struct{ n atomic.Int64 }
+
+func (c *countReads) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *countReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); name != "hello" && name != "client" {
+			c.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (c *countReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if cmds[0].Name() != "client" {
+			c.n.Add(1)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// Page views, JSON polls and scrapes never reach Redis; Run reads once per
+// interval, in one round trip for all budgets.
+func TestReadsPerInterval(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.New(t).Client(t)
+	var reads countReads
+	rdb.AddHook(&reads)
+	budget := redistest.Budget(t)
+	st := newStatus(t, rdb, []status.Budget{
+		{Name: budget + "-a", Rate: limiter.PerSecond(5), Concurrency: 2},
+		{Name: budget + "-b", Concurrency: 8},
+	}, status.Options{Interval: 200 * time.Millisecond})
+	web := httptest.NewServer(st.Handler())
+	defer web.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	began := time.Now()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = st.Run(ctx) }()
+	for range 30 {
+		for _, path := range []string{"/status", "/status.json"} {
+			res, err := http.Get(web.URL + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			_ = res.Body.Close()
+		}
+		testutil.CollectAndCount(st.Collector())
+	}
+	for !st.Snapshot().Sampled { // the first sample is taken at once
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	elapsed := time.Since(began)
+	if n, most := reads.n.Load(), int64(elapsed/(200*time.Millisecond))+1; n < 1 || n > most {
+		t.Fatalf("%d round trips to Redis in %s with a 200ms interval: want 1..%d", n, elapsed, most)
 	}
 }
