@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -480,5 +481,32 @@ func TestReadsPerInterval(t *testing.T) {
 	elapsed := time.Since(began)
 	if n, most := reads.n.Load(), int64(elapsed/(200*time.Millisecond))+1; n < 1 || n > most {
 		t.Fatalf("%d round trips to Redis in %s with a 200ms interval: want 1..%d", n, elapsed, most)
+	}
+}
+
+// On a Redis Cluster, one sample reads budgets on different nodes (each
+// budget's keys in its own slot) and TIME from any node.
+func TestSampleOnCluster(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.NewCluster(t).Client(t)
+	budget := redistest.Budget(t)
+	var budgets []status.Budget
+	var loads []*load
+	for i := range 4 {
+		name := budget + "-" + strconv.Itoa(i)
+		budgets = append(budgets, status.Budget{Name: name, Rate: limiter.PerMinute(10), Concurrency: 5})
+		loads = append(loads, newLoad(t, rdb, name, semaphore.Options{Size: 5, Rate: limiter.PerMinute(10)}))
+	}
+	for i, l := range loads {
+		l.hold(i + 1)
+	}
+	st := newStatus(t, rdb, budgets, status.Options{})
+	if err := st.Sample(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range st.Snapshot().Budgets {
+		if p := last(b); p.Leases != i+1 || p.Replicas != 1 || *p.Tokens != 10-(i+1) {
+			t.Errorf("budget %d: %+v", i, p)
+		}
 	}
 }
