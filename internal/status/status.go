@@ -179,16 +179,20 @@ func (s *Status) Run(ctx context.Context) error {
 }
 
 // Sample takes one sample now and reports Redis's error, if any (also kept
-// for the page and counted in sluice_status_sample_errors_total). Run calls
+// for the page and counted in sluice_status_sample_errors_total, unless
+// parent was done). Run calls
 // it every interval; it is exported for tests and tools.
-func (s *Status) Sample(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
+func (s *Status) Sample(parent context.Context) error {
+	ctx, cancel := context.WithTimeout(parent, s.opt.Timeout)
 	defer cancel()
 	smp, err := s.read(ctx)
+	if err != nil && parent.Err() != nil {
+		return err // stopping: not Redis's fault
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
-		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
+		if ctx.Err() != nil {
 			err = fmt.Errorf("no answer from Redis within %s: %w", s.opt.Timeout, err)
 		}
 		s.lastErr, s.errAt = err, time.Now()
