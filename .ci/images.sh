@@ -5,6 +5,9 @@
 #   sluice-redis:local  the host's own redis-server and redis-cli (Debian's
 #                       package) with the libraries ldd lists, imported as a
 #                       tiny image without a shell.
+#   sluice-prometheus:local  the same from Debian's prometheus package, for
+#                       docker-compose's optional monitoring profile; skipped
+#                       with a note when prometheus is not installed.
 #
 # Idempotent: an image is rebuilt only when missing or when its inputs changed
 # (the label org.sluice.source records a hash of them). Needs a running Docker
@@ -20,6 +23,25 @@ log() { printf '[images] %s\n' "$*"; }
 # image_source IMAGE prints the org.sluice.source label of IMAGE, or nothing.
 image_source() {
 	docker image inspect -f '{{ index .Config.Labels "org.sluice.source" }}' "$1" 2>/dev/null || true
+}
+
+# copy_with_libs ROOT BIN... copies each binary into ROOT/usr/bin and the
+# shared libraries ldd lists at their own paths, including the ELF
+# interpreter.
+copy_with_libs() {
+	local root=$1 lib libs
+	shift
+	mkdir -p "$root/usr/bin"
+	cp -L "$@" "$root/usr/bin/" # redis-server is a symlink
+	libs=$(for bin in "$@"; do ldd "$bin" || true; done)
+	if grep -q 'not found' <<<"$libs"; then
+		echo "images.sh: missing libraries: $libs" >&2
+		exit 1
+	fi
+	while read -r lib; do
+		mkdir -p "$root$(dirname "$lib")"
+		cp -L "$lib" "$root$lib"
+	done < <(grep -o '/[^ ]*' <<<"$libs" | sort -u)
 }
 
 build_redis_image() {
@@ -39,18 +61,7 @@ build_redis_image() {
 	trap 'rm -rf "$root"' EXIT
 	mkdir -p "$root/usr/bin" "$root/etc" "$root/data" "$root/tmp"
 	chmod 1777 "$root/tmp"
-	cp -L "$server" "$cli" "$root/usr/bin/" # redis-server is a symlink
-	# Shared libraries at their own paths, including the ELF interpreter.
-	local lib libs
-	libs=$(for bin in "$server" "$cli"; do ldd "$bin"; done)
-	if grep -q 'not found' <<<"$libs"; then
-		echo "images.sh: missing libraries: $libs" >&2
-		exit 1
-	fi
-	while read -r lib; do
-		mkdir -p "$root$(dirname "$lib")"
-		cp -L "$lib" "$root$lib"
-	done < <(grep -o '/[^ ]*' <<<"$libs" | sort -u)
+	copy_with_libs "$root" "$server" "$cli"
 	echo 'root:x:0:0:root:/root:/sbin/nologin' >"$root/etc/passwd"
 
 	# Only ENTRYPOINT holds the binary, so testcontainers options that replace
@@ -129,3 +140,55 @@ build_gateway_image() {
 }
 
 build_gateway_image
+
+# ---------------------------------------------------------------------------
+# sluice-prometheus:local, for `docker compose --profile monitoring up`: the
+# host's prometheus (Debian's package: a Go binary linked to libc) with the
+# libraries ldd lists, its web assets and deploy/prometheus/prometheus.yml
+# (compose mounts that file over it, so edits need no rebuild). Optional: no
+# test uses it, so CI does not install prometheus and this step skips.
+PROMETHEUS_IMAGE_NAME=${PROMETHEUS_IMAGE_NAME:-sluice-prometheus:local}
+
+build_prometheus_image() {
+	local bin=/usr/bin/prometheus web=/usr/share/prometheus/web config=deploy/prometheus/prometheus.yml
+	if [[ ! -x $bin ]]; then
+		log "skipping $PROMETHEUS_IMAGE_NAME: $bin missing (apt-get install prometheus to build it)"
+		return
+	fi
+	if command -v promtool >/dev/null; then
+		promtool check config "$config" >/dev/null || { echo "images.sh: promtool rejects $config" >&2; exit 1; }
+	fi
+	local source
+	source=$( (cat "$bin" "$config" && find "$web" -type f 2>/dev/null | LC_ALL=C sort | xargs -r cat) | sha256sum | cut -c1-16)
+	if [[ $(image_source "$PROMETHEUS_IMAGE_NAME") == "$source" ]]; then
+		log "$PROMETHEUS_IMAGE_NAME is up to date ($source)"
+		return
+	fi
+
+	log "building $PROMETHEUS_IMAGE_NAME from $bin ($($bin --version 2>&1 | head -1 | cut -d' ' -f3))"
+	proot=$(mktemp -d) # global: the EXIT trap reads it
+	trap 'rm -rf "${root:-}" "$proot"' EXIT
+	copy_with_libs "$proot" "$bin"
+	mkdir -p "$proot/etc/prometheus" "$proot/prometheus" "$proot/tmp" "$proot$(dirname "$web")"
+	chmod 1777 "$proot/tmp"
+	chown 65534:65534 "$proot/prometheus"
+	[[ -d $web ]] && cp -r "$web" "$proot$web"
+	cp "$config" "$proot/etc/prometheus/prometheus.yml"
+	printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n' >"$proot/etc/passwd"
+
+	tar -C "$proot" -c . | docker import \
+		-c 'ENTRYPOINT ["/usr/bin/prometheus"]' \
+		-c 'CMD ["--config.file=/etc/prometheus/prometheus.yml","--storage.tsdb.path=/prometheus","--web.listen-address=:9090"]' \
+		-c 'USER 65534' \
+		-c 'EXPOSE 9090' \
+		-c 'WORKDIR /prometheus' \
+		-c "LABEL org.sluice.source=$source" \
+		- "$PROMETHEUS_IMAGE_NAME" >/dev/null
+
+	# Smoke test: the image runs and reads its configuration.
+	docker run --rm "$PROMETHEUS_IMAGE_NAME" --version >/dev/null 2>&1 ||
+		{ echo "images.sh: $PROMETHEUS_IMAGE_NAME does not run" >&2; exit 1; }
+	log "built $PROMETHEUS_IMAGE_NAME ($(docker image inspect -f '{{.Size}}' "$PROMETHEUS_IMAGE_NAME" | numfmt --to=iec))"
+}
+
+build_prometheus_image

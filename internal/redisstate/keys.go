@@ -37,6 +37,10 @@ type Keys struct {
 	// Clock is the latest Redis time a script of the budget used: decisions
 	// never go back before it.
 	Clock string
+	// Grants counts the grants of the budget's semaphore, cluster-wide: an
+	// integer that only grows while the key lives (its rate is the request
+	// rate actually granted). Read by internal/status.
+	Grants string
 	// User is the prefix of the per-key limits of limiter.KeyLimiter; the
 	// key that follows it is always hashed (HashKey).
 	User string
@@ -53,6 +57,7 @@ func For(budget string) Keys {
 		Replicas: p + "replicas",
 		Gone:     p + "gone",
 		Clock:    p + "clock",
+		Grants:   p + "grants",
 		User:     p + "user:",
 	}
 }
