@@ -51,7 +51,7 @@ if queued > 0 and holders < st.size then
   holders = serve(st, holders, quiet, false)
   queued = redis.call('ZCARD', st.queue)
 end
-local granted, joined, beaten, left_head = false, false, false, false
+local granted, joined, beaten, left_head = 0, false, false, false
 
 local function acquire_one(id, max_wait, try)
   if redis.call('ZSCORE', st.gone, id) then
@@ -108,7 +108,7 @@ local function acquire_one(id, max_wait, try)
 
   redis.call('ZADD', st.leases, now + st.lease_ttl, id)
   holders = holders + 1
-  granted = true
+  granted = granted + 1
   if st.interval > 0 then
     gcra_store(st.bucket, now, new_tat)
   end
@@ -127,8 +127,9 @@ for i = 8, #ARGV, 3 do
   out[#out + 1] = a
   out[#out + 1] = b
 end
-if granted then
+if granted > 0 then
   keep_ttl(st.lease_ttl, st.leases)
+  count_grants(st, granted)
 end
 if joined then
   keep_ttl(st.waiter_ttl, st.queue, st.replicas)

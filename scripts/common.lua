@@ -70,8 +70,16 @@ end
 -- wake_prefix, pub, now); quiet is a set of ids not to publish to (the
 -- callers of this very script, who get the answer). Returns the number of
 -- holders after it.
+-- Count n grants in the budget's grant counter (the status page reads its
+-- rate): one INCRBY per script call that grants; the counter lives a day or
+-- two after its last grant.
+local function count_grants(st, n)
+  redis.call('INCRBY', st.grants, n)
+  keep_ttl(86400000000, st.grants)
+end
+
 local function serve(st, holders, quiet, nudge)
-  local granted, changed = false, false
+  local granted, changed = 0, false
   for _ = 1, 100 do
     if holders >= st.size then break end
     local head = redis.call('ZRANGE', st.queue, 0, 0)[1]
@@ -109,11 +117,12 @@ local function serve(st, holders, quiet, nudge)
         redis.call(st.pub, st.wake_prefix .. rep, local_id .. '=' .. string.format('%x', st.now))
       end
       holders = holders + 1
-      granted, changed = true, true
+      granted, changed = granted + 1, true
     end
   end
-  if granted then
+  if granted > 0 then
     keep_ttl(st.lease_ttl, st.leases)
+    count_grants(st, granted)
   end
   return holders
 end
@@ -127,6 +136,8 @@ end
 -- KEYS[4]  gone:     zset released or withdrawn id -> tombstone expiry
 -- KEYS[5]  clock:    string, the latest Redis time a script used
 -- KEYS[6]  bucket:   string, TAT of the budget's token bucket (see reserve.lua)
+-- KEYS[7]  grants:   string, the number of grants so far (the status page
+--                    reads its rate); it lives a day or two after the last grant
 -- ARGV[1]  size: C, the number of slots
 -- ARGV[2]  lease_ttl: microseconds
 -- ARGV[3]  waiter_ttl: microseconds a replica's heartbeat lasts
@@ -138,7 +149,7 @@ end
 -- Waiter and lease ids are "<replica>.<random>".
 local function semaphore_state()
   local st = {
-    leases = KEYS[1], queue = KEYS[2], replicas = KEYS[3], gone = KEYS[4], bucket = KEYS[6],
+    leases = KEYS[1], queue = KEYS[2], replicas = KEYS[3], gone = KEYS[4], bucket = KEYS[6], grants = KEYS[7],
     size = tonumber(ARGV[1]), lease_ttl = tonumber(ARGV[2]), waiter_ttl = tonumber(ARGV[3]),
     interval = tonumber(ARGV[4]), burst = tonumber(ARGV[5]), wake_prefix = ARGV[6], pub = ARGV[7],
   }

@@ -113,7 +113,7 @@ type Semaphore struct {
 // (see semaphore_state in common.lua), with room for n more arguments.
 func (s *Semaphore) keys() []string {
 	k := s.Keys
-	return []string{k.Leases, k.Queue, k.Replicas, k.Gone, k.Clock, k.Bucket}
+	return []string{k.Leases, k.Queue, k.Replicas, k.Gone, k.Clock, k.Bucket, k.Grants}
 }
 
 func (s *Semaphore) args(n int) []any {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/sluicehq/sluice/internal/redisstate"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/internal/status"
 	"github.com/sluicehq/sluice/limiter"
@@ -107,9 +106,7 @@ func TestPageInBrowser(t *testing.T) {
 	waitFor("an idle budget", func() bool { return text("b0-leases") == "0" && text("b0-queue") == "0" })
 
 	// Load: six callers for three slots, each holding its lease for a
-	// while, and counting its grant in the budget's grant counter as
-	// acquire.lua will.
-	grants := redisstate.For(budget).Grants
+	// while (the scripts count the grants).
 	sem := newLoad(t, rdb, budget, opt).sem
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	var workers sync.WaitGroup
@@ -122,7 +119,6 @@ func TestPageInBrowser(t *testing.T) {
 				if err != nil {
 					continue
 				}
-				rdb.Incr(context.Background(), grants)
 				select { // the vendor call
 				case <-loadCtx.Done():
 				case <-time.After(time.Duration(80+40*i) * time.Millisecond):
