@@ -214,7 +214,7 @@ func TestOpsListener(t *testing.T) {
 	if ops == nil {
 		t.Fatalf("no operations listener in the log:\n%s", logs.String())
 	}
-	for _, path := range []string{"/metrics", "/readyz", "/healthz"} {
+	for _, path := range []string{"/metrics", "/readyz", "/healthz", "/status", "/status.json"} {
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
 			t.Fatal(err)
@@ -228,8 +228,16 @@ func TestOpsListener(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if readAll(t, resp); resp.StatusCode != 200 {
+		body := readAll(t, resp)
+		if resp.StatusCode != 200 {
 			t.Errorf("%s on the operations listener: %d", path, resp.StatusCode)
+		}
+		// The cluster's view: the budget on the status page and its data,
+		// the cluster-wide gauges beside the replica's own metrics.
+		for p, want := range map[string]string{"/status": cfg.Budget, "/status.json": `"name":"` + cfg.Budget + `"`, "/metrics": "sluice_cluster_capacity"} {
+			if path == p && !strings.Contains(body, want) {
+				t.Errorf("%s on the operations listener lacks %q", path, want)
+			}
 		}
 	}
 	stop()

@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/redis/go-redis/v9"
 
+	clusterstatus "github.com/sluicehq/sluice/internal/status"
 	"github.com/sluicehq/sluice/limiter"
 )
 
@@ -33,6 +34,10 @@ type gateway struct {
 	client   *http.Client
 	metrics  *metrics
 	ready    readiness
+	// status samples the budget's cluster-wide state for /status and the
+	// cluster gauges, until stopStatus.
+	status     *clusterstatus.Status
+	stopStatus context.CancelFunc
 	// sleep waits between attempts; tests replace it to observe backoffs.
 	sleep func(ctx context.Context, d time.Duration) error
 	// work counts requests in progress and background work on the store
@@ -97,6 +102,15 @@ func newGateway(cfg Config, opt gatewayOptions) (*gateway, error) {
 	for _, k := range cfg.APIKeys {
 		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
 	}
+	st, err := clusterstatus.New(opt.Redis, []clusterstatus.Budget{{Name: cfg.Budget, Rate: cfg.Rate, Concurrency: cfg.Concurrency}}, clusterstatus.Options{})
+	if err != nil {
+		return nil, errors.Join(err, s.adm.Close())
+	}
+	s.status = st
+	s.metrics.reg.MustRegister(st.Collector())
+	sctx, stop := context.WithCancel(context.Background())
+	s.stopStatus = stop
+	go func() { _ = st.Run(sctx) }()
 	s.echo = s.routes()
 	return s, nil
 }
@@ -122,10 +136,14 @@ func (s *gateway) routes() *echo.Echo {
 	return e
 }
 
-// opsRoutes adds the routes of operators: readiness and metrics.
+// opsRoutes adds the routes of operators: readiness, metrics, and the
+// cluster's status page and its data (any replica shows the whole cluster).
 func (s *gateway) opsRoutes(e *echo.Echo) {
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(s.metrics.handler()))
+	page := echo.WrapHandler(s.status.Handler())
+	e.GET("/status", page)
+	e.GET("/status.json", page)
 }
 
 // opsHandler serves the routes of operators alone, for SLUICE_OPS_LISTEN.
@@ -272,6 +290,7 @@ func (s *gateway) Close() error {
 			s.log.Warn("closing with requests or lease releases still running; the admitter releases their leases", "count", s.work.count())
 		}
 		s.client.CloseIdleConnections()
+		s.stopStatus()
 		s.closeErr = s.adm.Close()
 	})
 	return s.closeErr
@@ -346,7 +365,7 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger, ln net.Listener) e
 			IdleTimeout: cfg.IdleTimeout, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		go func() { _ = hs.Serve(ops) }()
 		defer hs.Close()
-		log.Info("operations listener (/healthz, /readyz, /metrics)", "addr", ops.Addr().String())
+		log.Info("operations listener (/healthz, /readyz, /metrics, /status)", "addr", ops.Addr().String())
 	}
 	log.Info("sluice serve listening",
 		"addr", ln.Addr().String(), "upstream", cfg.UpstreamURL.Redacted(), "budget", cfg.Budget,
