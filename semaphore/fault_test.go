@@ -651,3 +651,58 @@ func TestFaultStuckRenewalsLoseTheLeaseCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A slot handed over to a waiter just before its deadline, whose
+// confirmation the deadline then cuts, is a queue timeout: Redis answered
+// everything it was asked in time, so the caller must not be told that
+// Redis is unavailable (the gateway would answer backend_unavailable for a
+// budget that was only full).
+func TestFaultConfirmCutByTheDeadlineIsAQueueTimeout(t *testing.T) {
+	e := newFaultEnv(t)
+	// A long waiter TTL: no heartbeat round of the waiter's replica runs
+	// during the test, so the next keepalive call is the confirmation.
+	opt := semaphore.Options{Size: 1, WaiterTTL: 20 * time.Second}
+	holder := e.sem(e.direct, opt)
+	waiting := e.sem(e.proxied(), opt)
+	lease, err := holder.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	unhold := make(chan struct{})
+	defer close(unhold)
+	confirm := e.proxy.Hold(keepaliveCall, unhold)
+
+	// A context whose timer fires a moment after its deadline, as a busy
+	// runtime's may: what the deadline cut must be judged by the clock.
+	parent, cancel := context.WithTimeout(context.Background(), 1800*time.Millisecond)
+	defer cancel()
+	ctx := lateTimer{parent, time.Now().Add(1500 * time.Millisecond)}
+	done := make(chan error, 1)
+	go func() {
+		l, err := waiting.Acquire(ctx)
+		if l != nil {
+			_ = l.Release(context.Background())
+		}
+		done <- err
+	}()
+	if !eventually(5*time.Second, func() bool { return e.card(e.keys.queue) == 1 }) {
+		t.Fatal("the waiter never queued")
+	}
+	if err := lease.Release(context.Background()); err != nil { // hands the slot over
+		t.Fatal(err)
+	}
+	within(t, confirm.Matched(), 5*time.Second, "the confirmation of the handed-over slot")
+	err = <-done
+	if !errors.Is(err, semaphore.ErrQueueTimeout) || errors.Is(err, semaphore.ErrUnavailable) {
+		t.Fatalf("a confirmation cut by the caller's deadline: got %v, want ErrQueueTimeout without ErrUnavailable", err)
+	}
+}
+
+// lateTimer is a context whose deadline passes before its Done channel
+// closes (its timer fires late).
+type lateTimer struct {
+	context.Context
+	deadline time.Time
+}
+
+func (c lateTimer) Deadline() (time.Time, bool) { return c.deadline, true }

@@ -34,6 +34,9 @@ func keysOf(budget string) budgetKeys {
 var (
 	acquireCall = faultproxy.Match{Cmd: "EVALSHA", Arg: redisstate.AcquireSHA()}
 	releaseCall = faultproxy.Match{Cmd: "EVALSHA", Arg: redisstate.ReleaseSHA()}
+	// keepaliveCall matches renewals, heartbeats and the confirmation of
+	// a slot handed over to a waiter.
+	keepaliveCall = faultproxy.Match{Cmd: "EVALSHA", Arg: redisstate.KeepaliveSHA()}
 )
 
 // subscribeCalls match the commands that open a subscription of budget's

@@ -399,10 +399,14 @@ func (s *Semaphore) handedOver(ctx context.Context, id string, w *waiter) (*Leas
 		return nil, ctxError(ctx)
 	}
 	if err != nil {
+		deadline, hasDeadline := ctx.Deadline()
 		switch {
 		case errors.Is(ctx.Err(), context.Canceled):
 			return nil, ctx.Err()
-		case ctx.Err() != nil:
+		case ctx.Err() != nil, hasDeadline && !time.Now().Before(deadline):
+			// The deadline came during the confirm (ctx's timer may fire
+			// a moment after the clock passed it): a slot handed over
+			// just before the deadline says nothing about Redis.
 			return nil, ctxError(ctx)
 		}
 		return nil, fmt.Errorf("%w: acquire: confirming a handed-over slot: %w", ErrUnavailable, err)

@@ -263,6 +263,10 @@ func AcquireSHA() string { return acquireScript.Hash() }
 // ReleaseSHA: see AcquireSHA.
 func ReleaseSHA() string { return releaseScript.Hash() }
 
+// KeepaliveSHA: see AcquireSHA (keepalive.lua also confirms a slot handed
+// over to a waiter).
+func KeepaliveSHA() string { return keepaliveScript.Hash() }
+
 // HandOff is a message on a replica's wake channel, parsed: a grant made for
 // a queued waiter (GrantedAt, Redis time in microseconds), or a wake-up
 // (GrantedAt 0).
