@@ -11,12 +11,21 @@ import (
 	"github.com/sluicehq/sluice/limiter"
 )
 
-// The defaults of a guarded call: those of sluice serve, and of the zero
-// fields of guard.Options. The gateway's table of variables prints them.
-var (
-	DefaultRate = limiter.Limit{Rate: 60, Burst: 1, Period: time.Minute}
-)
+// DefaultRateSpec is the default vendor rate as sluice serve writes it.
+const DefaultRateSpec = "60/m"
 
+// DefaultRate is DefaultRateSpec, burst 1.
+var DefaultRate = func() limiter.Limit {
+	l, err := limiter.ParseLimit(DefaultRateSpec)
+	if err != nil {
+		panic(err) // a constant
+	}
+	return l
+}()
+
+// The defaults of a guarded call: those of sluice serve, and of the zero
+// fields of guard.Options. The gateway's table of variables is built from
+// them, so there is one table of defaults, not two copies.
 // The defaults of a guarded call (see DefaultRate).
 const (
 	DefaultConcurrency     = 3
