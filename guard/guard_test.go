@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/internal/redistest"
@@ -477,4 +479,46 @@ func TestConcurrencyAtVendor(t *testing.T) {
 		t.Errorf("%d calls in flight at the vendor, limit 2", p)
 	}
 	r.waitHeld(0)
+}
+
+// TestOpenAISDKErrors: through openai-go (its retries off), a queue timeout
+// still matches ErrQueueTimeout, and a vendor status after the last attempt
+// is the SDK's *openai.Error with that status.
+func TestOpenAISDKErrors(t *testing.T) {
+	t.Parallel()
+	var fail atomic.Bool
+	r := newRig(t, Options{Concurrency: 1, QueueTimeout: 100 * time.Millisecond, MaxAttempts: 2}, func(w http.ResponseWriter, _ *http.Request) {
+		if fail.Load() {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"error":{"message":"overloaded","type":"server_error","code":"overloaded"}}`)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"1","object":"chat.completion","model":"m","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"hi"}}]}`)
+	})
+	client := openai.NewClient(option.WithBaseURL(r.vendor.URL+"/v1"), option.WithAPIKey("k"),
+		option.WithHTTPClient(&http.Client{Transport: r.tr}), option.WithMaxRetries(0))
+	params := openai.ChatCompletionNewParams{Model: "m", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}}
+	if _, err := client.Chat.Completions.New(context.Background(), params); err != nil {
+		t.Fatal(err)
+	}
+
+	l, err := r.probeOne()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = client.Chat.Completions.New(context.Background(), params)
+	_ = l.Release(context.Background())
+	if !errors.Is(err, ErrQueueTimeout) {
+		t.Errorf("with the only slot taken: %v, want ErrQueueTimeout", err)
+	}
+
+	fail.Store(true)
+	hits := r.hits.Load()
+	_, err = client.Chat.Completions.New(context.Background(), params)
+	var apiErr *openai.Error
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusServiceUnavailable || r.hits.Load()-hits != 2 {
+		t.Errorf("vendor 503 twice: %v after %d attempts; want an *openai.Error 503 after 2", err, r.hits.Load()-hits)
+	}
 }

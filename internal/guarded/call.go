@@ -262,13 +262,20 @@ func (cl *call) failure(err error) *failure {
 	if cl.parent.Err() != nil {
 		return &failure{final: cl.parent.Err(), detail: "the request ended"}
 	}
+	ne, timeout := errors.AsType[net.Error](err)
+	timeout = timeout && ne.Timeout()
+	deadline, _ := cl.ctx.Deadline()
 	switch cause := context.Cause(cl.ctx); {
-	case errors.Is(cause, ErrLeaseLost):
-		return &failure{reason: "lease_lost", detail: "the admission lease was lost during the call", err: wrap(ErrLeaseLost, err)}
+	case timeout && !time.Now().Before(deadline):
+		// The transport's response-header timeout is the call deadline
+		// too; whichever fired first, the call deadline passed.
+		fallthrough
 	case errors.Is(cause, ErrCallTimeout):
 		return &failure{reason: "call_timeout", detail: "the vendor did not answer within the call deadline", err: wrap(ErrCallTimeout, err)}
+	case errors.Is(cause, ErrLeaseLost):
+		return &failure{reason: "lease_lost", detail: "the admission lease was lost during the call", err: wrap(ErrLeaseLost, err)}
 	}
-	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+	if timeout {
 		return &failure{reason: "timeout", detail: "the connection to the vendor timed out", err: err}
 	}
 	return &failure{reason: "network", detail: "the connection to the vendor failed", err: err}
