@@ -17,6 +17,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/internal/redistest"
@@ -520,5 +521,84 @@ func TestOpenAISDKErrors(t *testing.T) {
 	var apiErr *openai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusServiceUnavailable || r.hits.Load()-hits != 2 {
 		t.Errorf("vendor 503 twice: %v after %d attempts; want an *openai.Error 503 after 2", err, r.hits.Load()-hits)
+	}
+}
+
+// TestMetrics: the Transport's collector registers on its own and counts
+// the admissions, attempts and retries of a request.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, Options{MaxAttempts: 3}, statuses(500))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(r.tr.Metrics())
+	resp, err := r.post(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	for metric, want := range map[string]float64{
+		`sluice_admissions_total{outcome="admitted"}`: 2,
+		`sluice_vendor_attempts_total{class="5xx"}`:   1,
+		`sluice_vendor_attempts_total{class="2xx"}`:   1,
+		`sluice_retries_total{reason="5xx"}`:          1,
+		`sluice_vendor_inflight`:                      0,
+	} {
+		if got := gathered(t, reg, metric); got != want {
+			t.Errorf("%s = %v, want %v", metric, got, want)
+		}
+	}
+}
+
+// gathered returns the value of one series, written as name{label="v"}.
+func gathered(t *testing.T, reg *prometheus.Registry, series string) float64 {
+	t.Helper()
+	name, labels, _ := strings.Cut(strings.TrimSuffix(series, "}"), "{")
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			var ls []string
+			for _, l := range m.GetLabel() {
+				ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			if strings.Join(ls, ",") == labels {
+				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return -1
+}
+
+// closeCounter is a request body that counts its closes.
+type closeCounter struct {
+	io.Reader
+	closes atomic.Int64
+}
+
+func (c *closeCounter) Close() error { c.closes.Add(1); return nil }
+
+// TestBodyClosedWhenNotSent: a request that never reaches the vendor (a
+// queue timeout) still has its body closed, as a RoundTripper must.
+func TestBodyClosedWhenNotSent(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, Options{Concurrency: 1, QueueTimeout: 100 * time.Millisecond}, statuses())
+	l, err := r.probeOne()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(context.Background())
+	b := &closeCounter{Reader: strings.NewReader("x")}
+	req, _ := http.NewRequest(http.MethodPost, r.vendor.URL, b)
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("x")), nil }
+	if _, err := r.tr.RoundTrip(req); !errors.Is(err, ErrQueueTimeout) {
+		t.Fatalf("%v", err)
+	}
+	if b.closes.Load() != 1 {
+		t.Errorf("body closed %d times, want 1", b.closes.Load())
 	}
 }

@@ -26,7 +26,7 @@ func isQueueTimeout(err error) bool { return errors.Is(err, semaphore.ErrQueueTi
 // lease held until the body is read to its end, closed, or the call
 // deadline passes). Every other way out, a panic included, ends the call and
 // releases the lease on the spot.
-func (t *Transport) call(ctx context.Context, lease Lease, req *http.Request, body func() (io.ReadCloser, error), rep *Report) (*http.Response, *failure) {
+func (t *Transport) call(ctx context.Context, lease Lease, req *http.Request, body *body, rep *Report) (*http.Response, *failure) {
 	cl := t.newCall(ctx, lease)
 	streaming := false
 	defer func() {
@@ -38,7 +38,7 @@ func (t *Transport) call(ctx context.Context, lease Lease, req *http.Request, bo
 		return nil, &failure{reason: "lease_lost", detail: "the admission lease was lost before sending", err: ErrLeaseLost}
 	}
 	out := req.Clone(cl.traced())
-	b, err := body()
+	b, err := body.next()
 	if err != nil {
 		return nil, &failure{final: err}
 	}

@@ -3,6 +3,7 @@ package guarded
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -183,6 +184,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer body.closeUnsent()
 	for attempt := 1; ; attempt++ {
 		rep.Attempts = attempt
 		resp, f := t.attempt(ctx, req, body, rep)
@@ -219,23 +221,41 @@ func (f *failure) last(attempts int) (*http.Response, error) {
 	return nil, &VendorError{Attempts: attempts, Detail: f.detail, Err: f.err}
 }
 
-// replayable returns how to get the request body for each attempt, and
-// whether it can be sent more than once: with GetBody, or buffered when it
-// is at most MaxRequestBody. A larger body without GetBody is sent once,
-// without retries. The caller's request is never changed.
-func (t *Transport) replayable(req *http.Request) (func() (io.ReadCloser, error), bool, error) {
+// body gives the request body of each attempt.
+type body struct {
+	// first is the caller's body, until an attempt sends it.
+	first io.ReadCloser
+	// again returns the body for the next attempts.
+	again func() (io.ReadCloser, error)
+}
+
+// next returns the body to send.
+func (b *body) next() (io.ReadCloser, error) {
+	if f := b.first; f != nil {
+		b.first = nil
+		return f, nil
+	}
+	return b.again()
+}
+
+// closeUnsent closes the caller's body if no attempt sent it (the HTTP
+// transport closes those it sends), as a RoundTripper must.
+func (b *body) closeUnsent() {
+	if b.first != nil {
+		_ = b.first.Close()
+	}
+}
+
+// replayable returns the request body of each attempt, and whether it can
+// be sent more than once: with GetBody, or buffered when it is at most
+// MaxRequestBody. A larger body without GetBody is sent once, without
+// retries. The caller's request is never changed.
+func (t *Transport) replayable(req *http.Request) (*body, bool, error) {
 	if req.Body == nil || req.Body == http.NoBody {
-		return func() (io.ReadCloser, error) { return http.NoBody, nil }, true, nil
+		return &body{again: func() (io.ReadCloser, error) { return http.NoBody, nil }}, true, nil
 	}
 	if req.GetBody != nil {
-		first := req.Body
-		return func() (io.ReadCloser, error) {
-			if b := first; b != nil {
-				first = nil
-				return b, nil
-			}
-			return req.GetBody()
-		}, true, nil
+		return &body{first: req.Body, again: req.GetBody}, true, nil
 	}
 	buf, err := io.ReadAll(io.LimitReader(req.Body, t.cfg.MaxRequestBody+1))
 	if err != nil {
@@ -243,13 +263,15 @@ func (t *Transport) replayable(req *http.Request) (func() (io.ReadCloser, error)
 		return nil, false, err
 	}
 	if int64(len(buf)) > t.cfg.MaxRequestBody {
-		rest := req.Body
-		once := io.NopCloser(io.MultiReader(bytes.NewReader(buf), rest))
-		return func() (io.ReadCloser, error) { return readCloser{once, rest}, nil }, false, nil
+		once := readCloser{io.MultiReader(bytes.NewReader(buf), req.Body), req.Body}
+		return &body{first: once, again: func() (io.ReadCloser, error) { return nil, errSentOnce }}, false, nil
 	}
 	_ = req.Body.Close()
-	return func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }, true, nil
+	return &body{again: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }}, true, nil
 }
+
+// errSentOnce cannot happen: a body that can be sent once is never retried.
+var errSentOnce = errors.New("guard: the request body cannot be sent again")
 
 type readCloser struct {
 	io.Reader
@@ -257,7 +279,7 @@ type readCloser struct {
 }
 
 // attempt is one attempt: admission, then the vendor call.
-func (t *Transport) attempt(ctx context.Context, req *http.Request, body func() (io.ReadCloser, error), rep *Report) (*http.Response, *failure) {
+func (t *Transport) attempt(ctx context.Context, req *http.Request, body *body, rep *Report) (*http.Response, *failure) {
 	lease, f := t.admit(ctx, rep)
 	if f != nil {
 		return nil, f
