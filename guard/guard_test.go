@@ -602,3 +602,56 @@ func TestBodyClosedWhenNotSent(t *testing.T) {
 		t.Errorf("body closed %d times, want 1", b.closes.Load())
 	}
 }
+
+// TestRedisFrozen: with Redis frozen (SIGSTOP, or a paused container) a
+// call fails closed by its queue deadline, with an error an app answers
+// 503 (ErrUnavailable or ErrQueueTimeout: a silent store cannot be told
+// from a full budget), and the vendor never hears of it; once Redis is
+// back, calls go through again.
+func TestRedisFrozen(t *testing.T) {
+	t.Parallel()
+	srv := redistest.NewIsolated(t)
+	rdb := srv.Client(t)
+	tr, err := New(rdb, redistest.Budget(t), Options{Rate: limiter.PerSecond(100), QueueTimeout: 500 * time.Millisecond, CancelGrace: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	var hits atomic.Int64
+	vendor := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
+	defer vendor.Close()
+	get := func() (*http.Response, error) {
+		req, _ := http.NewRequest(http.MethodGet, vendor.URL, nil)
+		return tr.RoundTrip(req)
+	}
+	resp, err := get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+
+	srv.Pause(t)
+	start := time.Now()
+	_, err = get()
+	took := time.Since(start)
+	srv.Unpause(t)
+	if !errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrQueueTimeout) || hits.Load() != 1 {
+		t.Errorf("Redis frozen: %v, %d vendor hits; want ErrUnavailable or ErrQueueTimeout and no new hit", err, hits.Load())
+	}
+	t.Logf("Redis frozen: %v after %s", err, took.Round(time.Millisecond))
+	if took > 10*time.Second { // generous: the bound is the queue deadline plus the store's cleanup
+		t.Errorf("failed after %s", took)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := get()
+		if err == nil {
+			_ = resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Redis back, calls still fail: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // Redis reconnecting has no signal here
+	}
+}
