@@ -48,7 +48,7 @@ func TestUserLimit(t *testing.T) {
 		}
 	}
 	rec := serve(e, "X-User", "a")
-	if rec.Code != 429 || rec.Header().Get("Retry-After") == "" || rec.Header().Get("RateLimit-Limit") == "" && rec.Header().Get("X-RateLimit-Limit") == "" {
+	if rec.Code != 429 || rec.Header().Get("Retry-After") == "" || rec.Header().Get("RateLimit-Limit") != "2" || rec.Header().Get("RateLimit-Remaining") != "0" {
 		t.Errorf("third request: %d %v", rec.Code, rec.Header())
 	}
 	if !strings.Contains(rec.Body.String(), `"code":"rate_limit_exceeded"`) {
