@@ -1,7 +1,11 @@
 package guarded
 
 import (
+	"context"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -43,5 +47,54 @@ func TestRetryAfter(t *testing.T) {
 		if got := RetryAfter(c.h); got != c.want {
 			t.Errorf("%v: %s, want %s", c.h, got, c.want)
 		}
+	}
+}
+
+// fakeAdmitter admits at once; each lease's context can be ended by the
+// test, as when the lease expires under a call.
+type fakeAdmitter struct{ leases chan *fakeLease }
+
+func (a *fakeAdmitter) Acquire(context.Context) (Lease, error) {
+	l := &fakeLease{}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	a.leases <- l
+	return l, nil
+}
+func (a *fakeAdmitter) Check(context.Context) error { return nil }
+func (a *fakeAdmitter) Close() error                { return nil }
+
+type fakeLease struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (l *fakeLease) Context() context.Context      { return l.ctx }
+func (l *fakeLease) Held() bool                    { return l.ctx.Err() == nil }
+func (l *fakeLease) Release(context.Context) error { l.cancel(); return nil }
+
+// TestLeaseLostCancelsTheCall: when the lease ends under a call, the call
+// is cancelled at the vendor at once and retried on a new lease.
+func TestLeaseLostCancelsTheCall(t *testing.T) {
+	adm := &fakeAdmitter{leases: make(chan *fakeLease, 10)}
+	var hits atomic.Int64
+	vendor := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			(<-adm.leases).cancel() // the first lease is lost mid-call
+			<-r.Context().Done()    // the call is cut: the vendor sees it go
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	defer vendor.Close()
+	tr := New(Config{BackoffBase: time.Millisecond, BackoffMax: time.Millisecond, CancelGrace: -1}, adm, nil, nil)
+	defer tr.Close()
+	req, _ := http.NewRequest(http.MethodGet, vendor.URL, nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 || hits.Load() != 2 {
+		t.Errorf("status %d after %d vendor hits; want 200 after 2", resp.StatusCode, hits.Load())
 	}
 }
