@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/sluicehq/sluice/internal/guarded"
 	"github.com/sluicehq/sluice/limiter"
 	"github.com/sluicehq/sluice/semaphore"
 )
@@ -199,23 +200,23 @@ var variables = []Variable{
 		c.Budget = v
 		return nil
 	}},
-	{"SLUICE_RATE", "60/m", "vendor rate, cluster-wide: RATE/PERIOD, e.g. 60/m, 10/s, 5/250ms", func(c *Config, v string) (err error) {
+	{"SLUICE_RATE", guarded.DefaultRateSpec, "vendor rate, cluster-wide: RATE/PERIOD, e.g. 60/m, 10/s, 5/250ms", func(c *Config, v string) (err error) {
 		c.Rate, err = limiter.ParseLimit(v)
 		return err
 	}},
-	{"SLUICE_BURST", "1", "vendor bucket size", func(c *Config, v string) (err error) {
+	{"SLUICE_BURST", strconv.Itoa(guarded.DefaultRate.Burst), "vendor bucket size", func(c *Config, v string) (err error) {
 		c.Rate.Burst, err = positiveInt(v)
 		return err
 	}},
-	{"SLUICE_CONCURRENCY", "3", "max in-flight vendor calls, cluster-wide", func(c *Config, v string) (err error) {
+	{"SLUICE_CONCURRENCY", strconv.Itoa(guarded.DefaultConcurrency), "max in-flight vendor calls, cluster-wide", func(c *Config, v string) (err error) {
 		c.Concurrency, err = positiveInt(v)
 		return err
 	}},
-	{"SLUICE_QUEUE_TIMEOUT", "5s", "max wait to START a vendor call; past it: 503, never retried", func(c *Config, v string) (err error) {
+	{"SLUICE_QUEUE_TIMEOUT", guarded.DefaultQueueTimeout.String(), "max wait to START a vendor call; past it: 503, never retried", func(c *Config, v string) (err error) {
 		c.QueueTimeout, err = positiveDuration(v)
 		return err
 	}},
-	{"SLUICE_CALL_TIMEOUT", "30s", "max time of one vendor attempt, first to last byte (streams included)", func(c *Config, v string) (err error) {
+	{"SLUICE_CALL_TIMEOUT", guarded.DefaultCallTimeout.String(), "max time of one vendor attempt, first to last byte (streams included)", func(c *Config, v string) (err error) {
 		c.CallTimeout, err = positiveDuration(v)
 		return err
 	}},
@@ -223,18 +224,18 @@ var variables = []Variable{
 		c.RequestTimeout, err = positiveDuration(v)
 		return err
 	}},
-	{"SLUICE_MAX_ATTEMPTS", "3", "vendor attempts per request (1 = no retries)", func(c *Config, v string) (err error) {
+	{"SLUICE_MAX_ATTEMPTS", strconv.Itoa(guarded.DefaultMaxAttempts), "vendor attempts per request (1 = no retries)", func(c *Config, v string) (err error) {
 		c.MaxAttempts, err = positiveInt(v)
 		return err
 	}},
-	{"SLUICE_LEASE_TTL", "15s", "semaphore lease TTL, at least 500ms; held leases renew well inside it", func(c *Config, v string) (err error) {
+	{"SLUICE_LEASE_TTL", guarded.DefaultLeaseTTL.String(), "semaphore lease TTL, at least 500ms; held leases renew well inside it", func(c *Config, v string) (err error) {
 		c.LeaseTTL, err = positiveDuration(v)
 		if err == nil && c.LeaseTTL < semaphore.MinLeaseTTL {
 			err = fmt.Errorf("must be at least %s: renewals could not keep a shorter lease", semaphore.MinLeaseTTL)
 		}
 		return err
 	}},
-	{"SLUICE_CANCEL_GRACE", "250ms", "hold the slot of a call cancelled at the vendor this long: the vendor learns of a cancelled call one network hop after we do; releasing the slot before then lets it count C+1 (0: off)", func(c *Config, v string) (err error) {
+	{"SLUICE_CANCEL_GRACE", guarded.DefaultCancelGrace.String(), "hold the slot of a call cancelled at the vendor this long: the vendor learns of a cancelled call one network hop after we do; releasing the slot before then lets it count C+1 (0: off)", func(c *Config, v string) (err error) {
 		c.CancelGrace, err = nonNegativeDuration(v)
 		return err
 	}},
@@ -268,18 +269,18 @@ var variables = []Variable{
 		c.MaxBody, err = parseSize(v)
 		return err
 	}},
-	{"SLUICE_BACKOFF_BASE", "250ms", "backoff before the 2nd attempt is random in [0, BASE], doubling per attempt", func(c *Config, v string) (err error) {
+	{"SLUICE_BACKOFF_BASE", guarded.DefaultBackoffBase.String(), "backoff before the 2nd attempt is random in [0, BASE], doubling per attempt", func(c *Config, v string) (err error) {
 		c.BackoffBase, err = positiveDuration(v)
 		return err
 	}},
-	{"SLUICE_BACKOFF_MAX", "10s", "cap of the backoff ceiling (a vendor Retry-After may ask for longer)", func(c *Config, v string) (err error) {
+	{"SLUICE_BACKOFF_MAX", guarded.DefaultBackoffMax.String(), "cap of the backoff ceiling (a vendor Retry-After may ask for longer)", func(c *Config, v string) (err error) {
 		c.BackoffMax, err = positiveDuration(v)
 		if err == nil && c.BackoffMax < c.BackoffBase {
 			err = errors.New("must not be less than SLUICE_BACKOFF_BASE")
 		}
 		return err
 	}},
-	{"SLUICE_CONNECT_TIMEOUT", "5s", "max time to dial the vendor, and for its TLS handshake", func(c *Config, v string) (err error) {
+	{"SLUICE_CONNECT_TIMEOUT", guarded.DefaultConnectTimeout.String(), "max time to dial the vendor, and for its TLS handshake", func(c *Config, v string) (err error) {
 		c.ConnectTimeout, err = positiveDuration(v)
 		return err
 	}},

@@ -13,11 +13,12 @@
 //	per-user limit (SLUICE_USER_RATE, redis_rate)       429 + Retry-After, REJECT   userlimit.go
 //	request deadline (SLUICE_REQUEST_TIMEOUT)           504       deadline.go
 //	body read within the caps, checked in one pass      400 413 415   request.go
-//	for each attempt (SLUICE_MAX_ATTEMPTS):             retry.go
+//	the guarded vendor call (package guard's Transport)  call.go
+//	for each attempt (SLUICE_MAX_ATTEMPTS):
 //	  queue deadline (SLUICE_QUEUE_TIMEOUT)             503 + Retry-After, never retried
 //	  admission: one token of the cluster bucket AND one slot of the
 //	    cluster lease semaphore, in one script (admitter)   WAIT, fail closed: 503   admit.go
-//	  call deadline (SLUICE_CALL_TIMEOUT), the vendor call's context derived   call.go
+//	  call deadline (SLUICE_CALL_TIMEOUT), the vendor call's context derived
 //	    from the request AND the lease; HTTP client with dial, TLS, header,
 //	    idle and per-host limits; no redirects, no SDK, no hidden retries
 //	  lease released (shielded) BEFORE the backoff sleep
@@ -25,8 +26,12 @@
 //	vendor failed after the attempts                    502
 //	the answer, vendor headers by an allowlist          respond.go
 //
-// The retry, admission and call layers take a context and no Echo type: a
-// request goes down them once and its answer comes back up once.
+// The guarded call is the one sluice offers Go services as a library
+// (package guard): the gateway forwards through the same Transport, and
+// what stays here is what only a gateway does (auth, client caps, body
+// checks, header allowlists, the status table, writing the answer). It
+// takes a context and no Echo type: a request goes down it once and its
+// answer comes back up once.
 //
 // Retried: network errors, vendor timeouts, the call deadline, 5xx, 408 and
 // 429. Never retried: the queue deadline (the system is overloaded), other

@@ -6,6 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sluicehq/sluice/internal/guarded"
 )
 
 // metrics are the Prometheus metrics of one gateway, in a registry of its own
@@ -16,17 +18,14 @@ type metrics struct {
 
 	requests        *prometheus.CounterVec   // outcome
 	requestDuration *prometheus.HistogramVec // status
-	admissions      *prometheus.CounterVec   // outcome
-	queueWait       prometheus.Histogram
-	inflight        prometheus.Gauge
-	graceHeld       prometheus.Gauge
-	vendorAttempts  *prometheus.CounterVec // class
-	retries         *prometheus.CounterVec // reason
 	userRejections  prometheus.Counter
 	redisErrors     *prometheus.CounterVec // op
 	loadRejections  *prometheus.CounterVec // code
 	connRejections  *prometheus.CounterVec // action
 	panics          prometheus.Counter
+	// guard are the metrics of the guarded vendor call: admissions, queue
+	// wait, vendor attempts, retries, calls in flight, cancel grace.
+	guard *guarded.Metrics
 }
 
 func newMetrics() *metrics {
@@ -41,31 +40,6 @@ func newMetrics() *metrics {
 			Help:    "Time from receiving a request to the end of its answer, by HTTP status.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 15),
 		}, []string{"status"}),
-		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_admissions_total",
-			Help: "Admission attempts (one token and one slot), by outcome: admitted, queue_timeout, canceled, error.",
-		}, []string{"outcome"}),
-		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "sluice_queue_wait_seconds",
-			Help:    "Time spent waiting for admission, per attempt, whatever the outcome.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
-		}),
-		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sluice_vendor_inflight",
-			Help: "Vendor calls in flight from this replica.",
-		}),
-		graceHeld: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sluice_cancel_grace_leases",
-			Help: "Leases of vendor calls cancelled in flight, held for SLUICE_CANCEL_GRACE until the vendor has surely seen the cancellation.",
-		}),
-		vendorAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_vendor_attempts_total",
-			Help: "Vendor attempts sent, by result class: 2xx, 3xx, 4xx, 408, 429, 5xx, timeout, error.",
-		}, []string{"class"}),
-		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_retries_total",
-			Help: "Retries scheduled after a failed attempt, by the reason of the failure.",
-		}, []string{"reason"}),
 		userRejections: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_user_rejections_total",
 			Help: "Requests rejected by the per-user limit (429).",
@@ -87,9 +61,9 @@ func newMetrics() *metrics {
 			Help: "Panics recovered while handling a request.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.requestDuration, m.admissions, m.queueWait, m.inflight, m.graceHeld,
-		m.vendorAttempts, m.retries, m.userRejections, m.redisErrors, m.loadRejections, m.connRejections, m.panics,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.guard = guarded.NewMetrics(m.redisErrors)
+	m.reg.MustRegister(m.requests, m.requestDuration, m.userRejections, m.redisErrors, m.loadRejections, m.connRejections, m.panics,
+		m.guard, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

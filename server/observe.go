@@ -30,6 +30,9 @@ type record struct {
 	stream    bool
 	attempts  int
 	queueWait time.Duration
+	// callDeadline is the call deadline of the attempt whose answer is
+	// passed on: a stream's writes never run past it.
+	callDeadline time.Time
 	// tokens is the up-front token estimate of a chat request.
 	tokens int64
 	// buffered is the request body bytes reserved against the load caps.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/guarded"
 )
 
 func TestForwardsToVendor(t *testing.T) {
@@ -221,7 +223,7 @@ func TestStatusTable(t *testing.T) {
 func TestVendorBodyTooLarge(t *testing.T) {
 	h := newHarness(t, func(w http.ResponseWriter, r *http.Request) {
 		chunk := strings.Repeat("x", 1<<20)
-		for range maxResponseBody>>20 + 1 {
+		for range guarded.DefaultMaxResponseBody>>20 + 1 {
 			_, _ = io.WriteString(w, chunk)
 		}
 	}, map[string]string{"SLUICE_CALL_TIMEOUT": "30s", "SLUICE_REQUEST_TIMEOUT": "60s"})

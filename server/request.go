@@ -69,11 +69,11 @@ func (s *gateway) proxy(c echo.Context) error {
 	if s.cfg.UpstreamAPIKey != "" {
 		out.header.Set(echo.HeaderAuthorization, "Bearer "+string(s.cfg.UpstreamAPIKey))
 	}
-	cl, err := s.forward(req.Context(), out, rec)
+	resp, err := s.forward(req.Context(), out, rec)
 	if err != nil {
 		return err
 	}
-	return s.respond(c, cl)
+	return s.respond(c, resp)
 }
 
 // forwardPath returns the path to forward, as the client escaped it ("%2F"

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/sluicehq/sluice/internal/guarded"
 )
 
 // passedResponseHeaders are the vendor headers the client receives: what
@@ -36,36 +38,40 @@ func passHeaders(dst, vendor http.Header) {
 const writeChunk = 64 << 10
 
 // respond passes the vendor's answer of a successful attempt to the client,
-// then ends the call (lease released, shielded) whatever happens.
-func (s *gateway) respond(c echo.Context, cl *call) error {
-	defer cl.finish()
+// then closes it (a stream's lease released, shielded) whatever happens. A
+// non-streaming answer was read whole by the guarded call, its lease
+// released before this writes a byte to a possibly slow client.
+func (s *gateway) respond(c echo.Context, resp *http.Response) error {
+	defer resp.Body.Close()
 	rec := recordOf(c)
 	res := c.Response()
-	passHeaders(res.Header(), cl.resp.Header)
+	passHeaders(res.Header(), resp.Header)
 	rec.setQueueWait(res.Header())
-	if cl.resp.StatusCode >= 400 {
+	if resp.StatusCode >= 400 {
 		rec.outcome = "vendor_4xx"
 	}
-	if cl.body == nil {
-		return s.stream(c, cl)
+	if isEventStream(resp.Header) {
+		return s.stream(c, resp)
 	}
-	if code := cl.resp.StatusCode; code != http.StatusNoContent && code != http.StatusNotModified {
-		res.Header().Set(echo.HeaderContentLength, strconv.Itoa(len(cl.body)))
+	if code := resp.StatusCode; code != http.StatusNoContent && code != http.StatusNotModified {
+		res.Header().Set(echo.HeaderContentLength, strconv.FormatInt(resp.ContentLength, 10))
 	}
 	// The lease is released already; each write still has its deadline, so
 	// a client that stops reading frees its connection and memory too.
 	rc := http.NewResponseController(res)
-	res.WriteHeader(cl.resp.StatusCode)
-	for b := cl.body; len(b) > 0; {
-		n := min(len(b), writeChunk)
+	res.WriteHeader(resp.StatusCode)
+	buf := make([]byte, min(writeChunk, max(resp.ContentLength, 1)))
+	for {
+		n, _ := io.ReadFull(resp.Body, buf) // a buffered answer: only its end stops the read
+		if n == 0 {
+			return nil
+		}
 		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		if _, err := res.Write(b[:n]); err != nil {
+		if _, err := res.Write(buf[:n]); err != nil {
 			clientWriteFailed(rec, err)
 			return nil
 		}
-		b = b[n:]
 	}
-	return nil
 }
 
 // stream passes gateway-Sent Events through as they come, one flush per read,
@@ -76,12 +82,12 @@ func (s *gateway) respond(c echo.Context, cl *call) error {
 // recorded (outcome stream_cut, or the client gone or too slow, or the
 // request deadline) and simply ends. A stream is complete only when the
 // vendor sent its "data: [DONE]" line before the end.
-func (s *gateway) stream(c echo.Context, cl *call) error {
+func (s *gateway) stream(c echo.Context, resp *http.Response) error {
 	rec := recordOf(c)
 	rec.stream = true
 	res := c.Response()
 	rc := http.NewResponseController(res)
-	callDeadline, _ := cl.ctx.Deadline()
+	callDeadline := rec.callDeadline
 	write := func(p []byte) error {
 		d := time.Now().Add(s.cfg.WriteTimeout)
 		if d.After(callDeadline) {
@@ -96,7 +102,7 @@ func (s *gateway) stream(c echo.Context, cl *call) error {
 		return rc.Flush()
 	}
 	res.Header().Set("X-Accel-Buffering", "no") // no buffering in an nginx in front
-	res.WriteHeader(cl.resp.StatusCode)
+	res.WriteHeader(resp.StatusCode)
 	if err := write(nil); err != nil {
 		clientWriteFailed(rec, err)
 		return nil
@@ -104,7 +110,7 @@ func (s *gateway) stream(c echo.Context, cl *call) error {
 	var done doneScanner
 	buf := make([]byte, 16<<10)
 	for {
-		n, err := cl.resp.Body.Read(buf)
+		n, err := resp.Body.Read(buf)
 		if n > 0 {
 			done.scan(buf[:n])
 			if werr := write(buf[:n]); werr != nil {
@@ -119,11 +125,12 @@ func (s *gateway) stream(c echo.Context, cl *call) error {
 			}
 			return nil
 		case err != nil:
-			cl.failed(err)
-			f := cl.failure(err)
-			rec.outcome, rec.detail = "stream_cut", "the stream broke: "+f.detail
-			if f.answer != nil {
-				rec.outcome = f.answer.Code
+			rec.outcome, rec.detail = "stream_cut", "the stream broke: the connection to the vendor failed"
+			if se, ok := errors.AsType[*guarded.StreamError](err); ok {
+				rec.detail = "the stream broke: " + se.Detail
+			}
+			if ctx := c.Request().Context(); ctx.Err() != nil {
+				rec.outcome, rec.detail = endedAnswer(ctx).Code, "the stream broke: the request ended"
 			}
 			return nil
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/internal/guarded"
 	clusterstatus "github.com/sluicehq/sluice/internal/status"
 	"github.com/sluicehq/sluice/limiter"
 )
@@ -31,18 +32,20 @@ type gateway struct {
 	// idSecret keys the HMAC of client ids (see clientID).
 	idSecret []byte
 	load     *loadCaps
-	client   *http.Client
-	metrics  *metrics
-	ready    readiness
+	// guard is the guarded vendor call: admission by adm, the call, the
+	// retries, the release.
+	guard   *guarded.Transport
+	metrics *metrics
+	ready   readiness
 	// status samples the budget's cluster-wide state for /status and the
 	// cluster gauges, until stopStatus.
 	status     *clusterstatus.Status
 	stopStatus context.CancelFunc
 	// sleep waits between attempts; tests replace it to observe backoffs.
 	sleep func(ctx context.Context, d time.Duration) error
-	// work counts requests in progress and background work on the store
-	// (leases held through their cancel grace, probes): shutdown waits for
-	// it before closing the admitter and Redis.
+	// work counts requests in progress: shutdown waits for them before
+	// closing the guard transport (which waits for the leases held through
+	// their cancel grace), the admitter and Redis.
 	work tracker
 
 	closeOnce sync.Once
@@ -75,9 +78,7 @@ func newGateway(cfg Config, opt gatewayOptions) (*gateway, error) {
 		log:     opt.Logger,
 		rdb:     opt.Redis,
 		adm:     opt.admitter,
-		client:  &http.Client{Transport: newTransport(cfg), CheckRedirect: noRedirects},
 		metrics: newMetrics(),
-		sleep:   sleepCtx,
 		load:    newLoad(cfg),
 	}
 	s.ready.ttl = readyFor
@@ -85,6 +86,9 @@ func newGateway(cfg Config, opt gatewayOptions) (*gateway, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.guard = guarded.New(guardConfig(cfg), gatewayAdmitter{s}, s.metrics.guard, s.log)
+	s.sleep = s.guard.Sleep
+	s.guard.Sleep = func(ctx context.Context, d time.Duration) error { return s.sleep(ctx, d) }
 	if s.adm == nil {
 		adm, err := newSemaphoreAdmitter(opt.Redis, cfg)
 		if err != nil {
@@ -289,9 +293,8 @@ func (s *gateway) Close() error {
 		if !s.work.wait(cutWait + s.cfg.CancelGrace) {
 			s.log.Warn("closing with requests or lease releases still running; the admitter releases their leases", "count", s.work.count())
 		}
-		s.client.CloseIdleConnections()
 		s.stopStatus()
-		s.closeErr = s.adm.Close()
+		s.closeErr = s.guard.Close()
 	})
 	return s.closeErr
 }

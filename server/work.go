@@ -5,9 +5,8 @@ import (
 	"time"
 )
 
-// tracker counts the work of a gateway that must end before its admitter and
-// its Redis client close: requests being handled, leases held through their
-// cancel grace. Its zero value is ready to use.
+// tracker counts the requests a gateway is handling, which must end before
+// its admitter and its Redis client close. Its zero value is ready to use.
 type tracker struct {
 	mu   sync.Mutex
 	n    int
@@ -30,15 +29,6 @@ func (t *tracker) done() {
 		close(t.idle)
 	}
 	t.mu.Unlock()
-}
-
-// goTracked runs f in a goroutine counted as work.
-func (t *tracker) goTracked(f func()) {
-	t.add()
-	go func() {
-		defer t.done()
-		f()
-	}()
 }
 
 // count returns the work in progress.
