@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/internal/guarded"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/limiter"
 	"github.com/sluicehq/sluice/semaphore"
@@ -60,7 +61,13 @@ func newRig(t *testing.T, opt Options, vendor http.HandlerFunc) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	probe, err := semaphore.New(rdb, budget, semaphore.Options{Size: max(opt.Concurrency, 3)})
+	// The probe shares the budget, so it must agree on its size: a
+	// semaphore of another size would serve the queue with its own.
+	size := opt.Concurrency
+	if size == 0 {
+		size = guarded.DefaultConcurrency
+	}
+	probe, err := semaphore.New(rdb, budget, semaphore.Options{Size: size})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -451,7 +458,9 @@ func TestRedisDown(t *testing.T) {
 func TestConcurrencyAtVendor(t *testing.T) {
 	t.Parallel()
 	var inflight, peak atomic.Int64
-	r := newRig(t, Options{Concurrency: 2, QueueTimeout: 20 * time.Second}, func(w http.ResponseWriter, req *http.Request) {
+	// Calls are cancelled while at the vendor: the cancel grace (the
+	// default) keeps their slots until the vendor has seen it.
+	r := newRig(t, Options{Concurrency: 2, QueueTimeout: 20 * time.Second, CancelGrace: 250 * time.Millisecond}, func(w http.ResponseWriter, req *http.Request) {
 		n := inflight.Add(1)
 		defer inflight.Add(-1)
 		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
