@@ -46,6 +46,9 @@ if holders >= st.size then
   redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
   holders = redis.call('ZCARD', st.leases)
 end
+-- No holders: the leases key does not exist, so a grant here creates it
+-- (and sets its TTL without asking for it).
+local fresh = holders == 0
 local queued = redis.call('ZCARD', st.queue)
 if queued > 0 and holders < st.size then
   holders = serve(st, holders, quiet, false)
@@ -57,7 +60,8 @@ local function acquire_one(id, max_wait, try)
   if redis.call('ZSCORE', st.gone, id) then
     return -3, 0, 0, 0
   end
-  local expiry = tonumber(redis.call('ZSCORE', st.leases, id) or '0') or 0
+  -- (No holders: it holds nothing, no need to ask.)
+  local expiry = holders > 0 and tonumber(redis.call('ZSCORE', st.leases, id) or '0') or 0
   if expiry > now then
     return 1, 0, expiry - now, expiry - st.lease_ttl
   elseif expiry > 0 then
@@ -128,11 +132,11 @@ for i = 8, #ARGV, 3 do
   out[#out + 1] = b
 end
 if granted > 0 then
-  keep_ttl(st.lease_ttl, st.leases)
+  keep_ttl(st.lease_ttl, fresh, st.leases)
   count_grants(st, granted)
 end
 if joined then
-  keep_ttl(st.waiter_ttl, st.queue, st.replicas)
+  keep_ttl(st.waiter_ttl, false, st.queue, st.replicas)
 end
 if left_head and queued > 0 then
   serve(st, holders, quiet, true)

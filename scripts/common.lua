@@ -8,7 +8,11 @@
 -- Redis's clock then holds time still until the clock catches up, instead of
 -- moving decisions into the past. The key lives ten minutes after last use.
 -- (One SET ... GET in the common case: Redis 6.2 or later.)
-local function clock(key)
+--
+-- grants, if given, is the budget's grant counter: the first call of the
+-- budget in each hour (by Redis time) keeps it alive for two more days, so
+-- granting calls need not check its TTL (see count_grants).
+local function clock(key, grants)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local last = tonumber(redis.call('SET', key, string.format('%d', now), 'PX', 600000, 'GET') or '0') or 0
@@ -16,21 +20,29 @@ local function clock(key)
     redis.call('SET', key, string.format('%d', last), 'PX', 600000)
     now = last
   end
+  if grants and math.floor(now / 3600000000) ~= math.floor(last / 3600000000) then
+    redis.call('PEXPIRE', grants, 172800000)
+  end
   return now
 end
 
 -- Make sure keys live at least ttl microseconds more: when the first has
 -- less left, give them all twice that. One PTTL in the common case; a key
 -- never outlives 2*ttl after its last use, and never expires under a live
--- member (whatever TTLs other replicas use: each ensures its own).
-local function keep_ttl(ttl, ...)
+-- member (whatever TTLs other replicas use: each ensures its own). fresh
+-- says the first key did not exist before this call (so it has no TTL, and
+-- all its members are this call's): then the PTTL is skipped. Returns true
+-- if it set the TTLs.
+local function keep_ttl(ttl, fresh, ...)
   local ms = math.ceil(ttl / 1000)
   local keys = {...}
-  if redis.call('PTTL', keys[1]) < ms then
+  if fresh or redis.call('PTTL', keys[1]) < ms then
     for _, k in ipairs(keys) do
       redis.call('PEXPIRE', k, 2 * ms)
     end
+    return true
   end
+  return false
 end
 
 -- GCRA (the virtual-scheduling token bucket). key holds the theoretical
@@ -55,6 +67,17 @@ local function owner(id)
   return rep, string.sub(id, #rep + 2)
 end
 
+-- Count n grants in the budget's grant counter (the status page reads its
+-- rate): one INCRBY per script call that grants. A new counter gets a TTL
+-- of two days at once; after that the clock (see clock) renews it hourly
+-- while the budget is used, so the counter lives one to two days after the
+-- budget's last use.
+local function count_grants(st, n)
+  if redis.call('INCRBY', st.grants, n) == n then
+    redis.call('PEXPIRE', st.grants, 172800000)
+  end
+end
+
 -- Serve the queue: while a slot is free, grant it to the head of the queue
 -- (with a token, when the budget has a rate) and hand it over on the channel
 -- of the one replica that owns the head ("<id>=<grant time>"): the slot is
@@ -70,15 +93,8 @@ end
 -- wake_prefix, pub, now); quiet is a set of ids not to publish to (the
 -- callers of this very script, who get the answer). Returns the number of
 -- holders after it.
--- Count n grants in the budget's grant counter (the status page reads its
--- rate): one INCRBY per script call that grants; the counter lives a day or
--- two after its last grant.
-local function count_grants(st, n)
-  redis.call('INCRBY', st.grants, n)
-  keep_ttl(86400000000, st.grants)
-end
-
 local function serve(st, holders, quiet, nudge)
+  local fresh = holders == 0 -- the leases key does not exist yet
   local granted, changed = 0, false
   for _ = 1, 100 do
     if holders >= st.size then break end
@@ -121,7 +137,7 @@ local function serve(st, holders, quiet, nudge)
     end
   end
   if granted > 0 then
-    keep_ttl(st.lease_ttl, st.leases)
+    keep_ttl(st.lease_ttl, fresh, st.leases)
     count_grants(st, granted)
   end
   return holders
@@ -153,6 +169,6 @@ local function semaphore_state()
     size = tonumber(ARGV[1]), lease_ttl = tonumber(ARGV[2]), waiter_ttl = tonumber(ARGV[3]),
     interval = tonumber(ARGV[4]), burst = tonumber(ARGV[5]), wake_prefix = ARGV[6], pub = ARGV[7],
   }
-  st.now = clock(KEYS[5])
+  st.now = clock(KEYS[5], KEYS[7])
   return st
 end
