@@ -79,41 +79,55 @@ local function count_grants(st, n)
 end
 
 -- Serve the queue: while a slot is free, grant it to the head of the queue
--- (with a token, when the budget has a rate) and hand it over on the channel
--- of the one replica that owns the head ("<id>=<grant time>"): the slot is
--- reserved for it at once, for half a waiter TTL until its replica confirms
--- it with a renewal. (The message names the waiter
--- without its replica's part, and the time in hex: every byte is sent once
--- per admission.) A head whose replica's heartbeat
--- has expired is dead: it is dropped and the next one served. A head that
--- must wait for a token is woken instead ("<id>"), if it may not know yet
--- (it just became the head, or nudge is set): it asks and learns when.
--- At most 100 heads per call. st holds the budget's keys and configuration
--- (leases, queue, replicas, bucket, size, lease_ttl, interval, burst,
--- wake_prefix, pub, now); quiet is a set of ids not to publish to (the
--- callers of this very script, who get the answer). Returns the number of
--- holders after it.
-local function serve(st, holders, quiet, nudge)
+-- (with a token, when the budget has a rate) and hand it over on the
+-- channel of the one replica that owns the head ("<id>=<grant time>"): the
+-- slot is reserved for it at once, for half a waiter TTL until its replica
+-- confirms it with a renewal. (The message names the waiter without its
+-- replica's part, and the time in hex: every byte is sent once per
+-- admission.) A head whose replica's heartbeat has expired is dead: it is
+-- dropped and the next one served. A head that must wait for a token is
+-- woken instead ("<id>"), if it may not know yet (it just became the head,
+-- or nudge is set): it asks and learns when. At most 100 heads per call. st
+-- holds the budget's keys and configuration (leases, queue, replicas,
+-- bucket, size, lease_ttl, interval, burst, wake_prefix, pub, now); queued
+-- is the number of waiters in the queue; quiet is a set of ids not to
+-- publish to (the callers of this very script, who get the answer). Returns
+-- the number of holders after it and the number of waiters it took off the
+-- queue.
+local function serve(st, holders, queued, quiet, nudge)
   local fresh = holders == 0 -- the leases key does not exist yet
-  local granted, changed = 0, false
+  local granted, changed, removed = 0, false, 0
   for _ = 1, 100 do
     if holders >= st.size then break end
-    local head = redis.call('ZRANGE', st.queue, 0, 0)[1]
+    -- The head, taken off the queue at once (one command, where looking
+    -- and then removing are two); a head that must wait is put back with
+    -- its own ticket, so its place does not change.
+    local popped = redis.call('ZPOPMIN', st.queue)
+    local head, ticket = popped[1], popped[2]
     if not head then break end
+    queued = queued - 1
+    local function put_back()
+      redis.call('ZADD', st.queue, ticket, head)
+      if queued <= 0 then
+        -- The pop emptied the queue, which took its TTL along.
+        redis.call('PEXPIRE', st.queue, 2 * math.ceil(st.waiter_ttl / 1000))
+      end
+    end
     local rep, local_id = owner(head)
     local alive = tonumber(redis.call('ZSCORE', st.replicas, rep) or '0') or 0
     if alive < st.now then
-      redis.call('ZREM', st.queue, head)
-      changed = true
+      removed, changed = removed + 1, true
     elseif not quiet[head] and alive < st.now + math.floor(st.waiter_ttl / 2) then
       -- Its replica has missed a heartbeat or two: it may have died. Hand
       -- it nothing until it beats again (or is dropped as dead); the next
       -- keepalive round of any replica serves again.
+      put_back()
       break
     else
       if st.interval > 0 then
         local new_tat, allow_at = gcra(st.bucket, st.now, st.interval, st.burst, 1)
         if allow_at > st.now then
+          put_back()
           if (nudge or changed) and not quiet[head] then
             redis.call(st.pub, st.wake_prefix .. rep, local_id)
           end
@@ -121,7 +135,7 @@ local function serve(st, holders, quiet, nudge)
         end
         gcra_store(st.bucket, st.now, new_tat)
       end
-      redis.call('ZREM', st.queue, head)
+      removed = removed + 1
       if quiet[head] then
         -- A caller of this very script: it gets the answer now.
         redis.call('ZADD', st.leases, st.now + st.lease_ttl, head)
@@ -140,7 +154,7 @@ local function serve(st, holders, quiet, nudge)
     keep_ttl(st.lease_ttl, fresh, st.leases)
     count_grants(st, granted)
   end
-  return holders
+  return holders, removed
 end
 
 -- The semaphore's scripts (acquire, release, keepalive) share their KEYS and

@@ -52,10 +52,11 @@ end
 if #ARGV >= 9 then
   keep_ttl(st.lease_ttl, false, st.leases)
 end
-if upkeep and redis.call('ZCARD', st.queue) > 0 then
+local queued = upkeep and redis.call('ZCARD', st.queue) or 0
+if queued > 0 then
   local holders = redis.call('ZCARD', st.leases)
   if holders < st.size then
-    serve(st, holders, {}, false)
+    serve(st, holders, queued, {}, false)
   end
 end
 return {lost, stale}

@@ -48,7 +48,7 @@ if queued > 0 then
   redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
   local holders = redis.call('ZCARD', st.leases)
   if holders < st.size then
-    serve(st, holders, {}, nudge)
+    serve(st, holders, queued, {}, nudge)
   end
 end
 return released

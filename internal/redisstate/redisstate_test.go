@@ -341,3 +341,30 @@ func TestKeysHaveTTLs(t *testing.T) {
 		t.Fatalf("grants: TTL %v after the first call of an hour, want two days", ttl)
 	}
 }
+
+// A head that must wait for a token keeps its place and its queue keeps a
+// TTL, also when it was the only waiter (serving takes the head off the
+// queue and puts it back).
+func TestHeadWaitingForATokenKeepsItsPlace(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.sem.Size, e.sem.Interval, e.sem.Burst = 2, time.Hour.Microseconds(), 1
+	if r := e.acquire("a.1", false); r.Status != Granted {
+		t.Fatalf("acquire: %+v", r)
+	}
+	if r := e.acquire("b.1", false); r.Status != Queued || r.Reason != NoToken {
+		t.Fatalf("second acquire: %+v, want queued for a token", r)
+	}
+	before, err := e.rdb.ZScore(ctx, e.sem.Keys.Queue, "b.1").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.release("a.1") // serves the queue: b.1 still has no token
+	e.want(nil, []string{"b.1"})
+	if after := e.rdb.ZScore(ctx, e.sem.Keys.Queue, "b.1").Val(); after != before {
+		t.Fatalf("b.1's ticket moved from %v to %v", before, after)
+	}
+	if ttl := e.rdb.PTTL(ctx, e.sem.Keys.Queue).Val(); ttl <= 0 || ttl > 2*e.sem.WaiterTTL {
+		t.Fatalf("queue: TTL %v", ttl)
+	}
+}
