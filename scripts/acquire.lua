@@ -43,21 +43,26 @@ end
 -- semaphore: drop them then.
 local holders = redis.call('ZCARD', st.leases)
 if holders >= st.size then
-  redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
-  holders = redis.call('ZCARD', st.leases)
+  holders = holders - redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
 end
+-- No holders: the leases key does not exist, so a grant here creates it
+-- (and sets its TTL without asking for it).
+local fresh = holders == 0
 local queued = redis.call('ZCARD', st.queue)
 if queued > 0 and holders < st.size then
-  holders = serve(st, holders, quiet, false)
-  queued = redis.call('ZCARD', st.queue)
+  local removed
+  holders, removed = serve(st, holders, queued, quiet, false)
+  queued = queued - removed
 end
 local granted, joined, beaten, left_head = 0, false, false, false
+local last_ticket -- of the queue's tail, once known
 
 local function acquire_one(id, max_wait, try)
   if redis.call('ZSCORE', st.gone, id) then
     return -3, 0, 0, 0
   end
-  local expiry = tonumber(redis.call('ZSCORE', st.leases, id) or '0') or 0
+  -- (No holders: it holds nothing, no need to ask.)
+  local expiry = holders > 0 and tonumber(redis.call('ZSCORE', st.leases, id) or '0') or 0
   if expiry > now then
     return 1, 0, expiry - now, expiry - st.lease_ttl
   elseif expiry > 0 then
@@ -98,8 +103,12 @@ local function acquire_one(id, max_wait, try)
         redis.call('ZADD', st.replicas, now + st.waiter_ttl, (owner(id)))
         beaten = true
       end
-      local last = redis.call('ZRANGE', st.queue, -1, -1, 'WITHSCORES')
-      redis.call('ZADD', st.queue, (tonumber(last[2]) or 0) + 1, id)
+      if not last_ticket then
+        local last = redis.call('ZRANGE', st.queue, -1, -1, 'WITHSCORES')
+        last_ticket = tonumber(last[2]) or 0
+      end
+      last_ticket = last_ticket + 1
+      redis.call('ZADD', st.queue, last_ticket, id)
       queued = queued + 1
       joined = true
     end
@@ -128,13 +137,13 @@ for i = 8, #ARGV, 3 do
   out[#out + 1] = b
 end
 if granted > 0 then
-  keep_ttl(st.lease_ttl, st.leases)
+  keep_ttl(st.lease_ttl, fresh, st.leases)
   count_grants(st, granted)
 end
 if joined then
-  keep_ttl(st.waiter_ttl, st.queue, st.replicas)
+  keep_ttl(st.waiter_ttl, false, st.queue, st.replicas)
 end
 if left_head and queued > 0 then
-  serve(st, holders, quiet, true)
+  serve(st, holders, queued, quiet, true)
 end
 return out

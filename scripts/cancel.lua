@@ -10,6 +10,7 @@
 --
 -- KEYS[1]  bucket
 -- KEYS[2]  clock
+-- KEYS[3]  grants: the semaphore's grant counter, whose TTL the clock renews
 -- ARGV[1]  interval: microseconds per token
 -- ARGV[2]  n: tokens of the reservation
 -- ARGV[3]  tat: the TAT that reserve.lua returned for it
@@ -20,7 +21,7 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if cur ~= tat then
   return 0
 end
-local now = clock(KEYS[2])
+local now = clock(KEYS[2], KEYS[3])
 local back = tat - n * interval
 if back <= now then
   redis.call('DEL', KEYS[1])

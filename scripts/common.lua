@@ -8,7 +8,11 @@
 -- Redis's clock then holds time still until the clock catches up, instead of
 -- moving decisions into the past. The key lives ten minutes after last use.
 -- (One SET ... GET in the common case: Redis 6.2 or later.)
-local function clock(key)
+--
+-- grants, if given, is the budget's grant counter: the first call of the
+-- budget in each hour (by Redis time) keeps it alive for two more days, so
+-- granting calls need not check its TTL (see count_grants).
+local function clock(key, grants)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local last = tonumber(redis.call('SET', key, string.format('%d', now), 'PX', 600000, 'GET') or '0') or 0
@@ -16,21 +20,29 @@ local function clock(key)
     redis.call('SET', key, string.format('%d', last), 'PX', 600000)
     now = last
   end
+  if grants and math.floor(now / 3600000000) ~= math.floor(last / 3600000000) then
+    redis.call('PEXPIRE', grants, 172800000)
+  end
   return now
 end
 
 -- Make sure keys live at least ttl microseconds more: when the first has
 -- less left, give them all twice that. One PTTL in the common case; a key
 -- never outlives 2*ttl after its last use, and never expires under a live
--- member (whatever TTLs other replicas use: each ensures its own).
-local function keep_ttl(ttl, ...)
+-- member (whatever TTLs other replicas use: each ensures its own). fresh
+-- says the first key did not exist before this call (so it has no TTL, and
+-- all its members are this call's): then the PTTL is skipped. Returns true
+-- if it set the TTLs.
+local function keep_ttl(ttl, fresh, ...)
   local ms = math.ceil(ttl / 1000)
   local keys = {...}
-  if redis.call('PTTL', keys[1]) < ms then
+  if fresh or redis.call('PTTL', keys[1]) < ms then
     for _, k in ipairs(keys) do
       redis.call('PEXPIRE', k, 2 * ms)
     end
+    return true
   end
+  return false
 end
 
 -- GCRA (the virtual-scheduling token bucket). key holds the theoretical
@@ -55,49 +67,67 @@ local function owner(id)
   return rep, string.sub(id, #rep + 2)
 end
 
--- Serve the queue: while a slot is free, grant it to the head of the queue
--- (with a token, when the budget has a rate) and hand it over on the channel
--- of the one replica that owns the head ("<id>=<grant time>"): the slot is
--- reserved for it at once, for half a waiter TTL until its replica confirms
--- it with a renewal. (The message names the waiter
--- without its replica's part, and the time in hex: every byte is sent once
--- per admission.) A head whose replica's heartbeat
--- has expired is dead: it is dropped and the next one served. A head that
--- must wait for a token is woken instead ("<id>"), if it may not know yet
--- (it just became the head, or nudge is set): it asks and learns when.
--- At most 100 heads per call. st holds the budget's keys and configuration
--- (leases, queue, replicas, bucket, size, lease_ttl, interval, burst,
--- wake_prefix, pub, now); quiet is a set of ids not to publish to (the
--- callers of this very script, who get the answer). Returns the number of
--- holders after it.
 -- Count n grants in the budget's grant counter (the status page reads its
--- rate): one INCRBY per script call that grants; the counter lives a day or
--- two after its last grant.
+-- rate): one INCRBY per script call that grants. A new counter gets a TTL
+-- of two days at once; after that the clock (see clock) renews it hourly
+-- while the budget is used, so the counter lives one to two days after the
+-- budget's last use.
 local function count_grants(st, n)
-  redis.call('INCRBY', st.grants, n)
-  keep_ttl(86400000000, st.grants)
+  if redis.call('INCRBY', st.grants, n) == n then
+    redis.call('PEXPIRE', st.grants, 172800000)
+  end
 end
 
-local function serve(st, holders, quiet, nudge)
-  local granted, changed = 0, false
+-- Serve the queue: while a slot is free, grant it to the head of the queue
+-- (with a token, when the budget has a rate) and hand it over on the
+-- channel of the one replica that owns the head ("<id>=<grant time>"): the
+-- slot is reserved for it at once, for half a waiter TTL until its replica
+-- confirms it with a renewal. (The message names the waiter without its
+-- replica's part, and the time in hex: every byte is sent once per
+-- admission.) A head whose replica's heartbeat has expired is dead: it is
+-- dropped and the next one served. A head that must wait for a token is
+-- woken instead ("<id>"), if it may not know yet (it just became the head,
+-- or nudge is set): it asks and learns when. At most 100 heads per call. st
+-- holds the budget's keys and configuration (leases, queue, replicas,
+-- bucket, size, lease_ttl, interval, burst, wake_prefix, pub, now); queued
+-- is the number of waiters in the queue; quiet is a set of ids not to
+-- publish to (the callers of this very script, who get the answer). Returns
+-- the number of holders after it and the number of waiters it took off the
+-- queue.
+local function serve(st, holders, queued, quiet, nudge)
+  local fresh = holders == 0 -- the leases key does not exist yet
+  local granted, changed, removed = 0, false, 0
   for _ = 1, 100 do
     if holders >= st.size then break end
-    local head = redis.call('ZRANGE', st.queue, 0, 0)[1]
+    -- The head, taken off the queue at once (one command, where looking
+    -- and then removing are two); a head that must wait is put back with
+    -- its own ticket, so its place does not change.
+    local popped = redis.call('ZPOPMIN', st.queue)
+    local head, ticket = popped[1], popped[2]
     if not head then break end
+    queued = queued - 1
+    local function put_back()
+      redis.call('ZADD', st.queue, ticket, head)
+      if queued <= 0 then
+        -- The pop emptied the queue, which took its TTL along.
+        redis.call('PEXPIRE', st.queue, 2 * math.ceil(st.waiter_ttl / 1000))
+      end
+    end
     local rep, local_id = owner(head)
     local alive = tonumber(redis.call('ZSCORE', st.replicas, rep) or '0') or 0
     if alive < st.now then
-      redis.call('ZREM', st.queue, head)
-      changed = true
+      removed, changed = removed + 1, true
     elseif not quiet[head] and alive < st.now + math.floor(st.waiter_ttl / 2) then
       -- Its replica has missed a heartbeat or two: it may have died. Hand
       -- it nothing until it beats again (or is dropped as dead); the next
       -- keepalive round of any replica serves again.
+      put_back()
       break
     else
       if st.interval > 0 then
         local new_tat, allow_at = gcra(st.bucket, st.now, st.interval, st.burst, 1)
         if allow_at > st.now then
+          put_back()
           if (nudge or changed) and not quiet[head] then
             redis.call(st.pub, st.wake_prefix .. rep, local_id)
           end
@@ -105,7 +135,7 @@ local function serve(st, holders, quiet, nudge)
         end
         gcra_store(st.bucket, st.now, new_tat)
       end
-      redis.call('ZREM', st.queue, head)
+      removed = removed + 1
       if quiet[head] then
         -- A caller of this very script: it gets the answer now.
         redis.call('ZADD', st.leases, st.now + st.lease_ttl, head)
@@ -121,10 +151,10 @@ local function serve(st, holders, quiet, nudge)
     end
   end
   if granted > 0 then
-    keep_ttl(st.lease_ttl, st.leases)
+    keep_ttl(st.lease_ttl, fresh, st.leases)
     count_grants(st, granted)
   end
-  return holders
+  return holders, removed
 end
 
 -- The semaphore's scripts (acquire, release, keepalive) share their KEYS and
@@ -153,6 +183,6 @@ local function semaphore_state()
     size = tonumber(ARGV[1]), lease_ttl = tonumber(ARGV[2]), waiter_ttl = tonumber(ARGV[3]),
     interval = tonumber(ARGV[4]), burst = tonumber(ARGV[5]), wake_prefix = ARGV[6], pub = ARGV[7],
   }
-  st.now = clock(KEYS[5])
+  st.now = clock(KEYS[5], KEYS[7])
   return st
 end

@@ -32,7 +32,7 @@ if replica ~= '' then
     stale = 1
   end
   redis.call('ZADD', st.replicas, now + st.waiter_ttl, replica)
-  keep_ttl(st.waiter_ttl, st.queue, st.replicas)
+  keep_ttl(st.waiter_ttl, false, st.queue, st.replicas)
 end
 if upkeep then
   redis.call('ZREMRANGEBYSCORE', st.replicas, '-inf', now)
@@ -50,12 +50,13 @@ for i = 9, #ARGV do
   end
 end
 if #ARGV >= 9 then
-  keep_ttl(st.lease_ttl, st.leases)
+  keep_ttl(st.lease_ttl, false, st.leases)
 end
-if upkeep and redis.call('ZCARD', st.queue) > 0 then
+local queued = upkeep and redis.call('ZCARD', st.queue) or 0
+if queued > 0 then
   local holders = redis.call('ZCARD', st.leases)
   if holders < st.size then
-    serve(st, holders, {}, false)
+    serve(st, holders, queued, {}, false)
   end
 end
 return {lost, stale}

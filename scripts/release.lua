@@ -11,8 +11,9 @@
 -- the order in which the two calls arrive within that while.
 --
 -- KEYS, ARGV[1..7]: see semaphore_state in common.lua.
--- ARGV[8]  tombstone_ttl: microseconds (so at most that long's worth of
---          releases is kept: expired tombstones are dropped on every call)
+-- ARGV[8]  tombstone_ttl: microseconds (expired tombstones are dropped
+--          about once per tombstone_ttl, so at most about twice that long's
+--          worth of releases is kept)
 -- ARGV[9..] ids
 --
 -- Returns the number of leases released.
@@ -35,15 +36,19 @@ for i = 9, #ARGV do
   end
   redis.call('ZADD', st.gone, now + tomb_ttl, id)
 end
-redis.call('ZREMRANGEBYSCORE', st.gone, '-inf', now)
-keep_ttl(tomb_ttl, st.gone)
--- Expired leases (of holders that died) go too, so none outlives its TTL
--- for long while the semaphore is in use.
-redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
+-- Expired tombstones are dropped whenever the set's TTL is renewed (about
+-- once per tombstone_ttl while releases go on), not on every call.
+if keep_ttl(tomb_ttl, false, st.gone) then
+  redis.call('ZREMRANGEBYSCORE', st.gone, '-inf', now)
+end
 if queued > 0 then
+  -- Expired leases (of holders that died) go before serving, so that they
+  -- hold no slot a waiter could have. (With nobody queued they block no
+  -- one: an acquire that finds the semaphore full drops them itself.)
+  redis.call('ZREMRANGEBYSCORE', st.leases, '-inf', now)
   local holders = redis.call('ZCARD', st.leases)
   if holders < st.size then
-    serve(st, holders, {}, nudge)
+    serve(st, holders, queued, {}, nudge)
   end
 end
 return released

@@ -2,6 +2,7 @@
 --
 -- KEYS[1]  bucket: string, the TAT in microseconds (TTL: until the bucket is full again)
 -- KEYS[2]  clock: the latest Redis time a script used (see common.lua)
+-- KEYS[3]  grants: the semaphore's grant counter, whose TTL the clock renews
 -- ARGV[1]  interval: microseconds per token (period / rate, rounded up)
 -- ARGV[2]  burst: bucket size
 -- ARGV[3]  n: tokens to take (1 <= n <= burst)
@@ -13,7 +14,7 @@
 --             max_wait: nothing was consumed.
 --   tat   the bucket's TAT after this reservation (identifies it for cancel.lua)
 local interval, burst, n, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = clock(KEYS[2])
+local now = clock(KEYS[2], KEYS[3])
 local new_tat, allow_at = gcra(KEYS[1], now, interval, burst, n)
 local wait = math.max(0, allow_at - now)
 if max_wait >= 0 and wait > max_wait then

@@ -290,3 +290,81 @@ func TestHandOffIsConfirmedOrComesBack(t *testing.T) {
 		e.want([]string{"n.1"}, nil)
 	}
 }
+
+// Every key the scripts write has a TTL, also when the scripts skip asking
+// for it (a leases key they create, a new grant counter), and the first call
+// of the budget in an hour, of any script, renews the grant counter's.
+func TestKeysHaveTTLs(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	k := e.sem.Keys
+	ttls := func(keys ...string) {
+		t.Helper()
+		for _, key := range keys {
+			if ttl := e.rdb.PTTL(ctx, key).Val(); ttl <= 0 {
+				t.Fatalf("%s: TTL %v", key, ttl)
+			}
+		}
+	}
+	if r := e.acquire("a.1", false); r.Status != Granted {
+		t.Fatalf("acquire: %+v", r)
+	}
+	if r := e.acquire("b.1", false); r.Status != Queued {
+		t.Fatalf("second acquire: %+v", r)
+	}
+	ttls(k.Leases, k.Grants, k.Clock, k.Queue, k.Replicas)
+	if ttl := e.rdb.PTTL(ctx, k.Leases).Val(); ttl > 2*e.sem.LeaseTTL {
+		t.Fatalf("leases: TTL %v, more than twice the lease TTL", ttl)
+	}
+	e.release("a.1") // serves b.1
+	ttls(k.Leases, k.Grants, k.Gone, k.Clock)
+	if ttl := e.rdb.PTTL(ctx, k.Grants).Val(); ttl > 48*time.Hour {
+		t.Fatalf("grants: TTL %v", ttl)
+	}
+
+	// As if the budget's last call was an hour ago: the next call, here
+	// of the bucket, renews the counter.
+	if err := e.rdb.PExpire(ctx, k.Grants, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	now, err := e.rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.Set(ctx, k.Clock, strconv.FormatInt(now.Add(-time.Hour).UnixMicro(), 10), time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Reserve(ctx, e.rdb, 1000, 10, 1, -1); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := e.rdb.PTTL(ctx, k.Grants).Val(); ttl < 47*time.Hour {
+		t.Fatalf("grants: TTL %v after the first call of an hour, want two days", ttl)
+	}
+}
+
+// A head that must wait for a token keeps its place and its queue keeps a
+// TTL, also when it was the only waiter (serving takes the head off the
+// queue and puts it back).
+func TestHeadWaitingForATokenKeepsItsPlace(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.sem.Size, e.sem.Interval, e.sem.Burst = 2, time.Hour.Microseconds(), 1
+	if r := e.acquire("a.1", false); r.Status != Granted {
+		t.Fatalf("acquire: %+v", r)
+	}
+	if r := e.acquire("b.1", false); r.Status != Queued || r.Reason != NoToken {
+		t.Fatalf("second acquire: %+v, want queued for a token", r)
+	}
+	before, err := e.rdb.ZScore(ctx, e.sem.Keys.Queue, "b.1").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.release("a.1") // serves the queue: b.1 still has no token
+	e.want(nil, []string{"b.1"})
+	if after := e.rdb.ZScore(ctx, e.sem.Keys.Queue, "b.1").Val(); after != before {
+		t.Fatalf("b.1's ticket moved from %v to %v", before, after)
+	}
+	if ttl := e.rdb.PTTL(ctx, e.sem.Keys.Queue).Val(); ttl <= 0 || ttl > 2*e.sem.WaiterTTL {
+		t.Fatalf("queue: TTL %v", ttl)
+	}
+}

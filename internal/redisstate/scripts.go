@@ -64,7 +64,7 @@ func (k Keys) Reserve(ctx context.Context, rdb redis.Scripter, interval int64, b
 	if maxWait >= 0 {
 		maxUS = us(maxWait)
 	}
-	res, err := reserveScript.Run(ctx, rdb, []string{k.Bucket, k.Clock}, interval, burst, n, maxUS).Int64Slice()
+	res, err := reserveScript.Run(ctx, rdb, []string{k.Bucket, k.Clock, k.Grants}, interval, burst, n, maxUS).Int64Slice()
 	if err != nil {
 		return Reservation{}, err
 	}
@@ -77,7 +77,7 @@ func (k Keys) Reserve(ctx context.Context, rdb redis.Scripter, interval int64, b
 // Cancel gives back the reservation of n tokens that left the bucket at tat,
 // if it is still the latest; it reports whether it did.
 func (k Keys) Cancel(ctx context.Context, rdb redis.Scripter, interval int64, n int, tat int64) (bool, error) {
-	v, err := cancelScript.Run(ctx, rdb, []string{k.Bucket, k.Clock}, interval, n, tat).Int()
+	v, err := cancelScript.Run(ctx, rdb, []string{k.Bucket, k.Clock, k.Grants}, interval, n, tat).Int()
 	return v == 1, err
 }
 
