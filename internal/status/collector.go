@@ -24,7 +24,7 @@ var (
 	descNext = prometheus.NewDesc("sluice_cluster_next_grant_seconds",
 		"Time until the bucket has a token for the next grant, 0 when it has one, at the last sample (budgets with a rate).", []string{"budget"}, nil)
 	descGrants = prometheus.NewDesc("sluice_cluster_grants_total",
-		"Grants of the budget, cluster-wide, as counted in Redis by the admission scripts (it restarts from 0 after a day or two without grants).", []string{"budget"}, nil)
+		"Grants of the budget, cluster-wide, as counted in Redis by the admission scripts (it restarts from 0 after a day or two without use).", []string{"budget"}, nil)
 	descAge = prometheus.NewDesc("sluice_status_sample_age_seconds",
 		"Time since the last good sample of the cluster state (since the start when there is none).", nil, nil)
 	descErrors = prometheus.NewDesc("sluice_status_sample_errors_total",

@@ -327,7 +327,7 @@ func TestCollector(t *testing.T) {
 # HELP sluice_cluster_capacity Slots of the budget's semaphore (the vendor's concurrency C).
 # TYPE sluice_cluster_capacity gauge
 sluice_cluster_capacity{budget="B"} 2
-# HELP sluice_cluster_grants_total Grants of the budget, cluster-wide, as counted in Redis by the admission scripts (it restarts from 0 after a day or two without grants).
+# HELP sluice_cluster_grants_total Grants of the budget, cluster-wide, as counted in Redis by the admission scripts (it restarts from 0 after a day or two without use).
 # TYPE sluice_cluster_grants_total counter
 sluice_cluster_grants_total{budget="B"} 2
 # HELP sluice_cluster_leases Live leases (vendor calls admitted), cluster-wide, at the last sample.
