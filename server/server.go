@@ -46,7 +46,7 @@ type gateway struct {
 	// work counts requests in progress: shutdown waits for them before
 	// closing the guard transport (which waits for the leases held through
 	// their cancel grace), the admitter and Redis.
-	work tracker
+	work guarded.Tracker
 
 	closeOnce sync.Once
 	closeErr  error
@@ -170,8 +170,8 @@ var proxiedMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, 
 
 // ServeHTTP serves one request.
 func (s *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.work.add()
-	defer s.work.done()
+	s.work.Add()
+	defer s.work.Done()
 	s.echo.ServeHTTP(w, r)
 }
 
@@ -269,14 +269,14 @@ func (s *gateway) Serve(ctx context.Context, ln net.Listener) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil && sctx.Err() != nil {
-		s.log.Warn("shutdown deadline passed: cutting the requests still in flight", "requests", s.work.count())
+		s.log.Warn("shutdown deadline passed: cutting the requests still in flight", "requests", s.work.Count())
 		cut(errShutdownCut)
 		// Shutdown again: it returns once every connection is idle, that
 		// is once the cut requests' answers are written.
 		cctx, cancel := context.WithTimeout(context.Background(), cutWait)
 		defer cancel()
 		if err := hs.Shutdown(cctx); err != nil && cctx.Err() != nil {
-			s.log.Warn("requests still running after the cut: closing their connections", "requests", s.work.count())
+			s.log.Warn("requests still running after the cut: closing their connections", "requests", s.work.Count())
 			_ = hs.Close()
 		}
 	}
@@ -290,8 +290,8 @@ func (s *gateway) Serve(ctx context.Context, ln net.Listener) error {
 // which the caller owns.
 func (s *gateway) Close() error {
 	s.closeOnce.Do(func() {
-		if !s.work.wait(cutWait + s.cfg.CancelGrace) {
-			s.log.Warn("closing with requests or lease releases still running; the admitter releases their leases", "count", s.work.count())
+		if !s.work.Wait(cutWait + s.cfg.CancelGrace) {
+			s.log.Warn("closing with requests or lease releases still running; the admitter releases their leases", "count", s.work.Count())
 		}
 		s.stopStatus()
 		s.closeErr = s.guard.Close()

@@ -239,7 +239,7 @@ func (cl *call) finish() {
 			return
 		}
 		cl.t.metrics.graceHeld.Inc()
-		cl.t.work.goTracked(func() {
+		cl.t.work.Go(func() {
 			defer cl.t.metrics.graceHeld.Dec()
 			time.Sleep(cl.t.cfg.CancelGrace)
 			cl.release()

@@ -59,7 +59,7 @@ type Transport struct {
 	// Sleep waits between attempts; the gateway's tests replace it to
 	// observe backoffs.
 	Sleep func(ctx context.Context, d time.Duration) error
-	work  tracker
+	work  Tracker
 
 	closeOnce sync.Once
 	closeErr  error
@@ -92,7 +92,7 @@ func (t *Transport) Check(ctx context.Context) error { return t.adm.Check(ctx) }
 // every lease still held.
 func (t *Transport) Close() error {
 	t.closeOnce.Do(func() {
-		if !t.work.wait(t.cfg.CancelGrace + 2*time.Second) {
+		if !t.work.Wait(t.cfg.CancelGrace + 2*time.Second) {
 			t.log.Warn("closing with lease releases still running; the admitter releases their leases")
 		}
 		t.inner.CloseIdleConnections()
@@ -363,38 +363,55 @@ func StatusClass(code int) string {
 	return strconv.Itoa(code/100) + "xx"
 }
 
-// tracker counts background work (leases held through their cancel grace)
-// that must end before the admitter closes. Its zero value is ready to use.
-type tracker struct {
+// Tracker counts work in progress that must end before something closes:
+// the leases a Transport holds through their cancel grace (before its
+// admitter closes), the requests a gateway handles (before its transport
+// and Redis close). Its zero value is ready to use.
+type Tracker struct {
 	mu   sync.Mutex
 	n    int
-	idle chan struct{} // closed when n drops to 0; nil before the first add
+	idle chan struct{} // closed when n drops to 0; nil before the first Add
 }
 
-// goTracked runs f in a goroutine counted as work.
-func (w *tracker) goTracked(f func()) {
+// Add counts one more piece of work.
+func (w *Tracker) Add() {
 	w.mu.Lock()
 	if w.n == 0 {
 		w.idle = make(chan struct{})
 	}
 	w.n++
 	w.mu.Unlock()
+}
+
+// Done ends one piece of work that Add counted.
+func (w *Tracker) Done() {
+	w.mu.Lock()
+	w.n--
+	if w.n == 0 {
+		close(w.idle)
+	}
+	w.mu.Unlock()
+}
+
+// Go runs f in a goroutine counted as work.
+func (w *Tracker) Go(f func()) {
+	w.Add()
 	go func() {
-		defer func() {
-			w.mu.Lock()
-			w.n--
-			if w.n == 0 {
-				close(w.idle)
-			}
-			w.mu.Unlock()
-		}()
+		defer w.Done()
 		f()
 	}()
 }
 
-// wait waits up to d for the work in progress to end, and reports whether
+// Count returns the work in progress.
+func (w *Tracker) Count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.n
+}
+
+// Wait waits up to d for the work in progress to end, and reports whether
 // it did.
-func (w *tracker) wait(d time.Duration) bool {
+func (w *Tracker) Wait(d time.Duration) bool {
 	w.mu.Lock()
 	if w.n == 0 {
 		w.mu.Unlock()
