@@ -201,7 +201,7 @@ var variables = []Variable{
 		return nil
 	}},
 	{"SLUICE_RATE", guarded.DefaultRateSpec, "vendor rate, cluster-wide: RATE/PERIOD, e.g. 60/m, 10/s, 5/250ms", func(c *Config, v string) (err error) {
-		c.Rate, err = limiter.ParseLimit(v)
+		c.Rate, err = parseRate(v)
 		return err
 	}},
 	{"SLUICE_BURST", strconv.Itoa(guarded.DefaultRate.Burst), "vendor bucket size", func(c *Config, v string) (err error) {
@@ -244,7 +244,7 @@ var variables = []Variable{
 			c.UserRate = limiter.Limit{}
 			return nil
 		}
-		l, err := limiter.ParseLimit(v)
+		l, err := parseRate(v)
 		l.Burst = l.Rate
 		c.UserRate = l
 		return err
@@ -476,6 +476,16 @@ func setAPIKeys(c *Config, v string) error {
 		return errors.New("no key in it; leave it unset to turn auth off")
 	}
 	return nil
+}
+
+// parseRate is limiter.ParseLimit with an error that does not repeat what
+// the configuration error already says (the variable and its value).
+func parseRate(v string) (limiter.Limit, error) {
+	l, err := limiter.ParseLimit(v)
+	if err != nil {
+		return l, errors.New(strings.TrimPrefix(err.Error(), fmt.Sprintf("limiter: invalid rate %q: ", v)))
+	}
+	return l, nil
 }
 
 func positiveInt(v string) (int, error) {

@@ -184,3 +184,23 @@ func TestSecretNeverFormatted(t *testing.T) {
 		}
 	}
 }
+
+// A bad rate is named once: the variable and its value, then what is wrong,
+// without the parser repeating them.
+func TestConfigRateErrorSaysItOnce(t *testing.T) {
+	for _, name := range []string{"SLUICE_RATE", "SLUICE_USER_RATE"} {
+		_, err := LoadConfig(func(v string) (string, bool) {
+			switch v {
+			case "SLUICE_UPSTREAM_URL":
+				return "http://vendor.invalid", true
+			case name:
+				return "fast", true
+			}
+			return "", false
+		})
+		if err == nil || strings.Count(err.Error(), "fast") != 1 || !strings.Contains(err.Error(), name) ||
+			!strings.Contains(err.Error(), "want RATE/PERIOD") {
+			t.Errorf("%s=fast: %v", name, err)
+		}
+	}
+}

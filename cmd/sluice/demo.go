@@ -22,6 +22,7 @@ func init() {
 	register("demo", command{
 		summary: "try sluice in one command: the gateway in front of a built-in mock vendor",
 		run:     runDemo,
+		env:     serveEnv,
 	})
 }
 

@@ -54,6 +54,17 @@ func mirror[T any](f *toolFlagSet, name, env string, p *T) *T {
 	return p
 }
 
+// envNames returns the variables the flags mirror.
+func (f *toolFlagSet) envNames() []string {
+	var names []string
+	for _, env := range f.env {
+		if env != "" {
+			names = append(names, env)
+		}
+	}
+	return names
+}
+
 // parse applies the environment, then args; ok is false when the command
 // should exit with code (0 after --help, 2 after an error).
 func (f *toolFlagSet) parse(args []string) (code int, ok bool) {

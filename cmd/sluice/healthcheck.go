@@ -16,6 +16,7 @@ func init() {
 	register("healthcheck", command{
 		summary: "exit 0 when a local sluice answers its health URL (for container HEALTHCHECKs)",
 		run:     runHealthcheck,
+		env:     func() []string { return []string{"SLUICE_HEALTHCHECK_URL"} },
 	})
 }
 

@@ -20,6 +20,7 @@ func init() {
 	register("load", command{
 		summary: "drive concurrent chat completions against gateways and check the vendor's view",
 		run:     runLoad,
+		env:     func() []string { return []string{"SLUICE_LOAD_KEY"} },
 	})
 }
 

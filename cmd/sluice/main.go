@@ -17,6 +17,8 @@ type command struct {
 	// run executes the subcommand with the arguments after its name and
 	// returns the process exit code.
 	run func(args []string) int
+	// env lists the SLUICE_ variables the subcommand reads (see checkEnv).
+	env func() []string
 }
 
 var commands = map[string]command{}
@@ -55,5 +57,6 @@ func main() {
 		usage(os.Stderr)
 		os.Exit(2)
 	}
+	checkEnvOrExit()
 	os.Exit(c.run(os.Args[2:]))
 }

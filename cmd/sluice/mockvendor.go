@@ -18,6 +18,10 @@ func init() {
 	register("mockvendor", command{
 		summary: "run a fake OpenAI-compatible vendor that measures what it receives",
 		run:     runMockVendor,
+		env: func() []string {
+			fs, _ := mockVendorFlags()
+			return fs.envNames()
+		},
 	})
 }
 

@@ -18,6 +18,7 @@ func init() {
 	register("serve", command{
 		summary: "run the gateway: /v1/* to the vendor within the shared budget",
 		run:     runServe,
+		env:     serveEnv,
 	})
 }
 

@@ -23,6 +23,6 @@
 //     removed in t.Cleanup.
 //
 // Without Docker or without the gateway image the tests are skipped, or
-// fail when SLUICE_REQUIRE_DOCKER is set (as in CI). They are skipped with
+// fail when SLUICETEST_REQUIRE_DOCKER is set (as in CI). They are skipped with
 // -short.
 package containertest

@@ -235,7 +235,7 @@ func Start(t testing.TB, opt Options) *Stack {
 }
 
 // requireImages returns the gateway and Redis images, or skips (fails with
-// SLUICE_REQUIRE_DOCKER set) when Docker or the gateway image is missing.
+// SLUICETEST_REQUIRE_DOCKER set) when Docker or the gateway image is missing.
 func requireImages(t testing.TB) (image, redisImage string) {
 	t.Helper()
 	if testing.Short() {
@@ -254,10 +254,10 @@ func requireImages(t testing.TB) (image, redisImage string) {
 	skip := func(format string, args ...any) {
 		t.Helper()
 		msg := fmt.Sprintf(format, args...)
-		if os.Getenv("SLUICE_REQUIRE_DOCKER") != "" {
-			t.Fatal("containertest: SLUICE_REQUIRE_DOCKER is set, but " + msg)
+		if os.Getenv("SLUICETEST_REQUIRE_DOCKER") != "" {
+			t.Fatal("containertest: SLUICETEST_REQUIRE_DOCKER is set, but " + msg)
 		}
-		t.Skip("containertest: " + msg + " (SLUICE_REQUIRE_DOCKER is unset: skipping)")
+		t.Skip("containertest: " + msg + " (SLUICETEST_REQUIRE_DOCKER is unset: skipping)")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

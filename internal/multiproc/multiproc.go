@@ -27,7 +27,7 @@ import (
 	"testing"
 )
 
-const roleVar = "SLUICE_TEST_CHILD"
+const roleVar = "SLUICETEST_CHILD"
 
 // Role returns the role this process was started with by Start, or "" when it
 // is not a child.

@@ -27,7 +27,7 @@ type Cluster struct {
 // when the test ends. It returns once every node reports cluster_state:ok and
 // all nodes agree on which node owns which slots, so a fresh
 // [redis.ClusterClient] routes every key right at once. Without redis-server
-// on PATH the test is skipped, or fails if SLUICE_REQUIRE_DOCKER is set.
+// on PATH the test is skipped, or fails if SLUICETEST_REQUIRE_DOCKER is set.
 func NewCluster(t testing.TB) *Cluster {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {

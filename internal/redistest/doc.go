@@ -42,12 +42,12 @@
 //  3. A redis-server on PATH, started as a child process on a free loopback
 //     port without persistence.
 //
-// When none works the test is skipped, or fails if SLUICE_REQUIRE_DOCKER is
-// set. With SLUICE_REQUIRE_DOCKER set (as in CI) only Docker is used for
+// When none works the test is skipped, or fails if SLUICETEST_REQUIRE_DOCKER is
+// set. With SLUICETEST_REQUIRE_DOCKER set (as in CI) only Docker is used for
 // [New] and [NewIsolated], so nothing silently skips or runs elsewhere.
 // [NewCluster] and [NewSentinel] always use processes (redis-server, and
 // redis-sentinel for the latter); when one is missing they skip, or fail
-// with SLUICE_REQUIRE_DOCKER set.
+// with SLUICETEST_REQUIRE_DOCKER set.
 //
 // A test binary that is killed (e.g. by -timeout) leaves its containers
 // behind; .ci/run removes them. Child processes die with the binary (Linux).

@@ -30,7 +30,7 @@ const (
 const startTimeout = 3 * time.Minute
 
 // errNoBackend means that no way to get a Redis server exists here: the test
-// is skipped unless SLUICE_REQUIRE_DOCKER is set.
+// is skipped unless SLUICETEST_REQUIRE_DOCKER is set.
 var errNoBackend = errors.New("redistest: no Redis available")
 
 // Server is a Redis server for tests. Its methods are safe for concurrent
@@ -141,7 +141,7 @@ func start(ctx context.Context, allowURL bool) (*Server, error) {
 		return &Server{kind: KindContainer, b: b}, nil
 	}
 	if requireDocker() {
-		return nil, fmt.Errorf("redistest: SLUICE_REQUIRE_DOCKER is set but Docker is not available: %w", dockerErr)
+		return nil, fmt.Errorf("redistest: SLUICETEST_REQUIRE_DOCKER is set but Docker is not available: %w", dockerErr)
 	}
 	if u := os.Getenv("REDIS_URL"); allowURL && u != "" {
 		if _, err := redis.ParseURL(u); err != nil {
@@ -159,15 +159,15 @@ func start(ctx context.Context, allowURL bool) (*Server, error) {
 	return nil, fmt.Errorf("%w: Docker is not available (%v), REDIS_URL is unset and redis-server is not on PATH", errNoBackend, dockerErr)
 }
 
-// requireDocker reports whether SLUICE_REQUIRE_DOCKER is set (CI sets it).
-func requireDocker() bool { return os.Getenv("SLUICE_REQUIRE_DOCKER") != "" }
+// requireDocker reports whether SLUICETEST_REQUIRE_DOCKER is set (CI sets it).
+func requireDocker() bool { return os.Getenv("SLUICETEST_REQUIRE_DOCKER") != "" }
 
 // fail skips the test when no backend exists and that is allowed, and fails
 // it otherwise.
 func fail(t testing.TB, err error) {
 	t.Helper()
 	if errors.Is(err, errNoBackend) && !requireDocker() {
-		t.Skip(err.Error() + " (SLUICE_REQUIRE_DOCKER is unset: skipping)")
+		t.Skip(err.Error() + " (SLUICETEST_REQUIRE_DOCKER is unset: skipping)")
 	}
 	t.Fatal(err)
 }

@@ -42,7 +42,7 @@ type Sentinel struct {
 // returns once the replica is in sync and every Sentinel knows the replica
 // and the two other Sentinels, so a failover can start at once. Without
 // redis-server and redis-sentinel on PATH the test is skipped, or fails if
-// SLUICE_REQUIRE_DOCKER is set. Neither node persists anything: a node
+// SLUICETEST_REQUIRE_DOCKER is set. Neither node persists anything: a node
 // restarted empty is the failover case too.
 func NewSentinel(t testing.TB) *Sentinel {
 	t.Helper()

@@ -20,24 +20,24 @@ import (
 )
 
 // chromium returns the path of Debian's chromium. Without it the test is
-// skipped, or fails when SLUICE_REQUIRE_DOCKER is set (CI installs it).
+// skipped, or fails when SLUICETEST_REQUIRE_DOCKER is set (CI installs it).
 func chromium(t *testing.T) string {
 	t.Helper()
 	if p, err := exec.LookPath("chromium"); err == nil {
 		return p
 	}
-	if os.Getenv("SLUICE_REQUIRE_DOCKER") != "" {
+	if os.Getenv("SLUICETEST_REQUIRE_DOCKER") != "" {
 		t.Fatal("chromium is not installed (apt-get install chromium): the status page's browser test cannot run")
 	}
 	t.Skip("chromium is not installed (apt-get install chromium)")
 	return ""
 }
 
-// artifacts is where the test leaves files for people: $SLUICE_ARTIFACTS
+// artifacts is where the test leaves files for people: $SLUICETEST_ARTIFACTS
 // when set, else a temporary directory.
 func artifacts(t *testing.T) string {
 	t.Helper()
-	if dir := os.Getenv("SLUICE_ARTIFACTS"); dir != "" {
+	if dir := os.Getenv("SLUICETEST_ARTIFACTS"); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
