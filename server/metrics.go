@@ -62,6 +62,10 @@ func newMetrics() *metrics {
 		}),
 	}
 	m.guard = guarded.NewMetrics(m.redisErrors)
+	guarded.ZeroSeries(m.requests, "ok")
+	guarded.ZeroSeries(m.redisErrors, "user_limit", "ready")
+	guarded.ZeroSeries(m.loadRejections, "overloaded", "too_many_requests_in_progress")
+	guarded.ZeroSeries(m.connRejections, "idle_closed", "refused")
 	m.reg.MustRegister(m.requests, m.requestDuration, m.userRejections, m.redisErrors, m.loadRejections, m.connRejections, m.panics,
 		m.guard, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -378,3 +378,21 @@ func TestRun(t *testing.T) {
 		t.Error("no warning about the embedded Redis")
 	}
 }
+
+// The counters dashboards and alerts read exist at zero before their first
+// event: an alert on a series that does not exist reads "no data".
+func TestCountersExistFromTheStart(t *testing.T) {
+	h := newHarness(t, nil, nil)
+	for _, series := range []string{
+		`sluice_retries_total{reason="5xx"}`, `sluice_retries_total{reason="call_timeout"}`,
+		`sluice_redis_errors_total{op="admit"}`, `sluice_redis_errors_total{op="release"}`,
+		`sluice_redis_errors_total{op="ready"}`, `sluice_redis_errors_total{op="user_limit"}`,
+		`sluice_admissions_total{outcome="queue_timeout"}`, `sluice_vendor_attempts_total{class="5xx"}`,
+		`sluice_load_rejections_total{code="overloaded"}`, `sluice_connection_limit_total{action="refused"}`,
+		`sluice_requests_total{outcome="ok"}`,
+	} {
+		if got := metricValue(t, h, series); got != "0" {
+			t.Errorf("%s on a fresh gateway: %q, want 0", series, got)
+		}
+	}
+}

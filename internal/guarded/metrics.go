@@ -56,7 +56,21 @@ func NewMetrics(redisErrors *prometheus.CounterVec) *Metrics {
 		}, []string{"op"})
 		m.own = append(m.own, m.redisErrors)
 	}
+	// Every series a dashboard or an alert reads exists, at zero, from the
+	// start (an alert on a series that does not exist yet reads "no data").
+	ZeroSeries(m.admissions, "admitted", "queue_timeout", "canceled", "error")
+	ZeroSeries(m.vendorAttempts, "2xx", "3xx", "4xx", "408", "429", "5xx", "timeout", "error", "canceled")
+	ZeroSeries(m.retries, "5xx", "408", "429", "call_timeout", "timeout", "network", "lease_lost")
+	ZeroSeries(m.redisErrors, "admit", "release")
 	return m
+}
+
+// ZeroSeries creates the series of v with each of values as its one label,
+// at 0, so that they exist before their first event.
+func ZeroSeries(v *prometheus.CounterVec, values ...string) {
+	for _, value := range values {
+		v.WithLabelValues(value)
+	}
 }
 
 // Describe sends the descriptors of the metrics.
