@@ -197,6 +197,12 @@ type Transport struct {
 // New returns a Transport that admits calls against the budget named
 // budget in rdb (standalone, Sentinel or Cluster), shared with every other
 // Transport and sluice gateway of that name on the same Redis.
+//
+// For a call to fail by its queue deadline when Redis hangs (rather than
+// after the client's read timeout, 3s by default), give New a client that
+// honours context deadlines: go-redis Options.ContextTimeoutEnabled, as
+// sluice serve sets it. Its command retries may be left on: the scripts
+// recognise a repeated call.
 func New(rdb redis.UniversalClient, budget string, opt Options) (*Transport, error) {
 	if rdb == nil {
 		return nil, errors.New("guard: a Redis client is required")

@@ -621,6 +621,7 @@ func TestRedisFrozen(t *testing.T) {
 	t.Parallel()
 	srv := redistest.NewIsolated(t)
 	rdb := srv.Client(t)
+	rdb.Options().ContextTimeoutEnabled = true // as New's doc asks
 	tr, err := New(rdb, redistest.Budget(t), Options{Rate: limiter.PerSecond(100), QueueTimeout: 500 * time.Millisecond, CancelGrace: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -648,6 +649,9 @@ func TestRedisFrozen(t *testing.T) {
 		t.Errorf("Redis frozen: %v, %d vendor hits; want ErrUnavailable or ErrQueueTimeout and no new hit", err, hits.Load())
 	}
 	t.Logf("Redis frozen: %v after %s", err, took.Round(time.Millisecond))
+	if took > 2*time.Second { // the queue deadline is 500ms: a wide margin for a busy machine
+		t.Errorf("Redis frozen: the call failed after %s, past its 500ms queue deadline", took)
+	}
 	if took > 10*time.Second { // generous: the bound is the queue deadline plus the store's cleanup
 		t.Errorf("failed after %s", took)
 	}
