@@ -166,7 +166,7 @@ func TestConfigErrors(t *testing.T) {
 		t.Errorf("upstream unset: %v", err)
 	}
 	if _, err := load(map[string]string{"SLUICE_UPSTREAM_URL": "http://v", "SLUICE_RATE": "fast"}); err == nil ||
-		err.Error() != `invalid SLUICE_RATE="fast": limiter: invalid rate "fast": want RATE/PERIOD, e.g. "60/m", "10/s", "1000/h" or "5/250ms"` {
+		err.Error() != `invalid SLUICE_RATE="fast": want RATE/PERIOD, e.g. "60/m", "10/s", "1000/h" or "5/250ms"` {
 		t.Errorf("message: %v", err)
 	}
 }
