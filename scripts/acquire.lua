@@ -64,6 +64,17 @@ local function acquire_one(id, max_wait, try)
   -- (No holders: it holds nothing, no need to ask.)
   local expiry = holders > 0 and tonumber(redis.call('ZSCORE', st.leases, id) or '0') or 0
   if expiry > now then
+    -- A repeat: a client that resent the call after a lost reply, or a
+    -- waiter asking again before the message of a slot handed over to it
+    -- arrived (its token timer fired, a resubscription woke it). A
+    -- hand-over lives only half a waiter TTL until confirmed; the waiter
+    -- is alive and asking, so confirm it here, as keepalive would: its
+    -- caller gets a whole lease TTL, not a lease already over.
+    local life = math.min(st.lease_ttl, math.floor(st.waiter_ttl / 2))
+    if expiry - now <= life then
+      redis.call('ZADD', st.leases, 'XX', now + st.lease_ttl, id)
+      return 1, 0, st.lease_ttl, expiry - life
+    end
     return 1, 0, expiry - now, expiry - st.lease_ttl
   elseif expiry > 0 then
     -- Granted once, expired before its caller heard of it: as if never.

@@ -368,3 +368,33 @@ func TestHeadWaitingForATokenKeepsItsPlace(t *testing.T) {
 		t.Fatalf("queue: TTL %v", ttl)
 	}
 }
+
+// A waiter that asks again before the message of a slot handed over to it
+// arrives (its token timer fired, a resubscription woke it) gets the slot
+// as a lease with a whole lease TTL, not the short life of an unconfirmed
+// hand-over: its local validity would otherwise be over at once.
+func TestRepeatOfAHandOffIsConfirmed(t *testing.T) {
+	e := newEnv(t)
+	e.sem.WaiterTTL = 4 * time.Second // a hand-over lives 2s unconfirmed
+	ctx := context.Background()
+	if r := e.acquire("h.1", false); r.Status != Granted {
+		t.Fatal(r)
+	}
+	if r := e.acquire("w.1", false); r.Status != Queued {
+		t.Fatal(r)
+	}
+	e.release("h.1") // hands the slot over to w.1
+	e.want([]string{"w.1"}, nil)
+	r := e.acquire("w.1", false)
+	if r.Status != Granted || r.Left != e.sem.LeaseTTL {
+		t.Fatalf("w.1 asking again: %+v, want granted with a lease TTL (%s) left", r, e.sem.LeaseTTL)
+	}
+	exp, _ := e.rdb.ZScore(ctx, e.sem.Keys.Leases, "w.1").Result()
+	now, _ := e.rdb.Time(ctx).Result()
+	if left := time.Duration(int64(exp)-now.UnixMicro()) * time.Microsecond; left < e.sem.LeaseTTL-time.Second {
+		t.Fatalf("w.1's lease has %v left in Redis, want a lease TTL", left)
+	}
+	if ago := now.Sub(time.UnixMicro(r.GrantedAt)); ago < 0 || ago > time.Second {
+		t.Fatalf("granted %v ago, want the hand-over's time", ago)
+	}
+}
