@@ -312,3 +312,31 @@ func TestLoadCaps(t *testing.T) {
 		t.Errorf("%d admissions, want the 2 parked requests", h.adm.Acquires())
 	}
 }
+
+// A request answered with an error before its body was read (here a 401:
+// no key) ends its connection at once. Otherwise net/http drains the body
+// after the answer, for as long as the read timeout, from a client that
+// sends it a byte at a time, and SLUICE_MAX_CONNS of them, no key needed,
+// hold every connection the listener allows.
+func TestErrorBeforeBodyClosesTheConnection(t *testing.T) {
+	h := newHarness(t, nil, map[string]string{"SLUICE_MAX_CONNS": "4", "SLUICE_REQUEST_TIMEOUT": "60s"})
+	addr := h.serve()
+	for i := range 4 {
+		c := rawRequest(t, addr, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+		resp, _ := readRawResponse(t, c)
+		if resp.StatusCode != http.StatusUnauthorized || !resp.Close {
+			t.Fatalf("client %d: %d, Connection: close %v; want a 401 that closes", i, resp.StatusCode, resp.Close)
+		}
+		// The server closes its end: the next read ends (EOF), long before
+		// the 60s read timeout.
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("client %d: after the 401 the connection stays open (read %d, %v)", i, n, err)
+		}
+	}
+	// The listener's connections are free for a real client.
+	resp, body := readRawResponse(t, rawRequest(t, addr, "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\n\r\n"))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("a real request after them: %d %s", resp.StatusCode, body)
+	}
+}

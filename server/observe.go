@@ -112,6 +112,9 @@ func (s *gateway) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			}
 			if !c.Response().Committed && e != errClientClosed {
 				rec.setQueueWait(c.Response().Header())
+				if e.Status == http.StatusUnauthorized {
+					dropUnreadBody(c)
+				}
 				writeError(c, e)
 			}
 		}
@@ -184,4 +187,27 @@ func (s *gateway) recoverPanic(next echo.HandlerFunc) echo.HandlerFunc {
 		}()
 		return next(c)
 	}
+}
+
+// unreadBodyGrace bounds how long, after an error answer, the rest of an
+// unread request body may take to arrive before the connection is closed.
+const unreadBodyGrace = time.Second
+
+// dropUnreadBody makes a client turned away before its request's body was
+// read (401: no key, a wrong key) end the connection soon: after the
+// handler, net/http reads and discards up to 256 KiB of the body, for as
+// long as the read timeout (the request timeout), from a client that may
+// send it one byte at a time, while the connection counts as busy against
+// SLUICE_MAX_CONNS: a client with no key could so hold every connection of
+// the listener. The drain gets unreadBodyGrace, then the connection closes.
+// (Answers to clients with a key, e.g. 429 past a cap, keep net/http's own
+// drain: they are the client's own limits, and closing under a large body
+// still being sent can cost the client its answer.)
+func dropUnreadBody(c echo.Context) {
+	req := c.Request()
+	if req.ContentLength == 0 || req.Body == nil || req.Body == http.NoBody {
+		return
+	}
+	c.Response().Header().Set(echo.HeaderConnection, "close")
+	_ = http.NewResponseController(c.Response().Writer).SetReadDeadline(time.Now().Add(unreadBodyGrace))
 }
