@@ -36,7 +36,9 @@ type UserLimitConfig struct {
 	// Redis. Required.
 	Limiter *limiter.KeyLimiter
 	// IdentifierExtractor names the user of a request: an API key, a user
-	// id. Default: the client's IP (c.RealIP()).
+	// id. Default: the client's IP as the Echo app's IPExtractor reads it,
+	// or the direct peer's when the app set none (never a client-written
+	// X-Forwarded-For).
 	IdentifierExtractor func(c echo.Context) (string, error)
 	// ErrorHandler answers a request whose identifier could not be
 	// extracted, or whose limit could not be checked (Redis down: the limit
@@ -48,6 +50,18 @@ type UserLimitConfig struct {
 	DenyHandler func(c echo.Context, identifier string, d limiter.Decision) error
 }
 
+// clientIP is the default identifier: the client's address as the Echo
+// app's IPExtractor reads it when the app set one (e.g. behind its trusted
+// proxies), else the direct peer's. Never X-Forwarded-For by default: a
+// client writes that header itself, and would pick a new identity, and a
+// new limit, per request.
+func clientIP(c echo.Context) (string, error) {
+	if c.Echo().IPExtractor != nil {
+		return c.RealIP(), nil
+	}
+	return echo.ExtractIPDirect()(c.Request()), nil
+}
+
 // errExtract marks an IdentifierExtractor's error for the default
 // ErrorHandler.
 var errExtract = errors.New("echoguard: no identifier")
@@ -55,7 +69,7 @@ var errExtract = errors.New("echoguard: no identifier")
 // DefaultUserLimitConfig is the default UserLimitConfig (Limiter aside).
 var DefaultUserLimitConfig = UserLimitConfig{
 	Skipper:             neverSkip,
-	IdentifierExtractor: func(c echo.Context) (string, error) { return c.RealIP(), nil },
+	IdentifierExtractor: clientIP,
 	ErrorHandler: func(c echo.Context, err error) error {
 		if errors.Is(err, errExtract) {
 			return answer(c, http.StatusForbidden, "invalid_request_error", "no_identifier", "the request does not say who sends it")

@@ -62,6 +62,34 @@ func TestUserLimit(t *testing.T) {
 	}
 }
 
+// TestUserLimitDefaultIdentityIsThePeer: by default a client is its direct
+// peer address; an X-Forwarded-For it writes itself does not give it a new
+// identity (and a new limit) per request. An app that sets an IPExtractor
+// (its trusted proxies) gets what that extractor reads.
+func TestUserLimitDefaultIdentityIsThePeer(t *testing.T) {
+	rdb := redistest.New(t).Client(t)
+	users, err := limiter.NewKeyLimiter(rdb, redistest.Budget(t), limiter.Limit{Rate: 1, Burst: 1, Period: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := echo.New()
+	e.Use(UserLimit(users))
+	e.POST("/summarise", func(c echo.Context) error { return c.String(200, "ok") })
+	if rec := serve(e, "X-Forwarded-For", "203.0.113.1"); rec.Code != 200 {
+		t.Fatalf("first request: %d", rec.Code)
+	}
+	for i, xff := range []string{"203.0.113.2", "198.51.100.7, 203.0.113.3", ""} {
+		if rec := serve(e, "X-Forwarded-For", xff); rec.Code != 429 {
+			t.Errorf("request %d with X-Forwarded-For %q from the same peer: %d, want 429", i+2, xff, rec.Code)
+		}
+	}
+	// An app's own extractor (here: one that trusts the header) decides.
+	e.IPExtractor = func(r *http.Request) string { return r.Header.Get("X-Forwarded-For") }
+	if rec := serve(e, "X-Forwarded-For", "203.0.113.9"); rec.Code != 200 {
+		t.Errorf("an app that trusts its proxies: %d, want the forwarded client's own limit", rec.Code)
+	}
+}
+
 // TestUserLimitRedisDown: the limit fails closed.
 func TestUserLimitRedisDown(t *testing.T) {
 	rdb := redistest.New(t).Client(t)
