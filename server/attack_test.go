@@ -340,3 +340,35 @@ func TestErrorBeforeBodyClosesTheConnection(t *testing.T) {
 		t.Fatalf("a real request after them: %d %s", resp.StatusCode, body)
 	}
 }
+
+// TestStalledReaderOfABufferedAnswerEndsByTheRequestDeadline: a client that
+// stops reading a large non-streaming answer (held in the gateway's memory)
+// holds it, and its connection, until the request deadline at the latest,
+// not for a write timeout per chunk.
+func TestStalledReaderOfABufferedAnswerEndsByTheRequestDeadline(t *testing.T) {
+	answer := strings.Repeat("x", 16<<20)
+	h := newHarness(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, answer)
+	}, map[string]string{"SLUICE_WRITE_TIMEOUT": "60s", "SLUICE_REQUEST_TIMEOUT": "2s"})
+	addr := h.serve()
+	c := rawRequest(t, addr, "GET /v1/files/f/content HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\n\r\n")
+	_ = c.(*net.TCPConn).SetReadBuffer(4 << 10) // and never read
+	start := time.Now()
+	ended := func() bool {
+		for _, e := range h.accessLog() {
+			if e["path"] == "/v1/files/f/content" {
+				return true
+			}
+		}
+		return false
+	}
+	for !ended() {
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("the answer to a client that stopped reading is still being written 20s later, with a 2s request deadline")
+		}
+		time.Sleep(50 * time.Millisecond) // the access log has no signal to wait on
+	}
+	t.Logf("request ended %s after it began (request deadline 2s, write timeout 60s)", time.Since(start).Round(time.Millisecond))
+}

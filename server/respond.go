@@ -56,17 +56,24 @@ func (s *gateway) respond(c echo.Context, resp *http.Response) error {
 	if code := resp.StatusCode; code != http.StatusNoContent && code != http.StatusNotModified {
 		res.Header().Set(echo.HeaderContentLength, strconv.FormatInt(resp.ContentLength, 10))
 	}
-	// The lease is released already; each write still has its deadline, so
-	// a client that stops reading frees its connection and memory too.
+	// The lease is released already; each write still has its deadline,
+	// never past the request's, so a client that stops reading, or reads
+	// just fast enough, frees its connection and the buffered answer by
+	// the request deadline at the latest.
 	rc := http.NewResponseController(res)
 	res.WriteHeader(resp.StatusCode)
 	buf := make([]byte, min(writeChunk, max(resp.ContentLength, 1)))
+	requestDeadline, hasDeadline := c.Request().Context().Deadline()
 	for {
 		n, _ := io.ReadFull(resp.Body, buf) // a buffered answer: only its end stops the read
 		if n == 0 {
 			return nil
 		}
-		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		d := time.Now().Add(s.cfg.WriteTimeout)
+		if hasDeadline && d.After(requestDeadline) {
+			d = requestDeadline
+		}
+		_ = rc.SetWriteDeadline(d)
 		if _, err := res.Write(buf[:n]); err != nil {
 			clientWriteFailed(rec, err)
 			return nil
