@@ -224,6 +224,27 @@ func TestRetryAfter(t *testing.T) {
 	}
 }
 
+// TestLongRetryAfterIsNotSleptThrough: a caller with no deadline is not put
+// to sleep for as long as a vendor asks (Retry-After may say hours): a wait
+// longer than a whole call deadline ends the retries, and the caller gets
+// the vendor's answer with its Retry-After.
+func TestLongRetryAfterIsNotSleptThrough(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, Options{MaxAttempts: 3}, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Retry-After", "3600")
+		w.WriteHeader(429)
+	})
+	resp, err := r.post(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "3600" || r.hits.Load() != 1 || len(r.sleeps) != 0 {
+		t.Errorf("status %d (Retry-After %q) after %d hits and sleeps %v; want the 429 at once, no sleep",
+			resp.StatusCode, resp.Header.Get("Retry-After"), r.hits.Load(), r.sleeps)
+	}
+}
+
 // TestNetworkErrorsAndCallDeadline: connections cut and calls past the call
 // deadline are retried, then fail with a *VendorError.
 func TestNetworkErrorsAndCallDeadline(t *testing.T) {

@@ -337,9 +337,15 @@ func (t *Transport) backoff(attempt int, vendorWait time.Duration) time.Duration
 // fits reports whether, after sleeping delay, the request deadline still
 // leaves a whole call deadline for another attempt. An attempt that cannot
 // run its course would spend vendor budget on an answer nobody gets.
+// Without a deadline, a wait longer than a whole call deadline (a vendor's
+// Retry-After may say hours) is not slept through either: the caller gets
+// the vendor's answer, Retry-After included, and decides.
 func (t *Transport) fits(ctx context.Context, delay time.Duration) bool {
 	deadline, ok := ctx.Deadline()
-	return !ok || time.Until(deadline)-delay >= t.cfg.CallTimeout
+	if !ok {
+		return delay <= t.cfg.CallTimeout
+	}
+	return time.Until(deadline)-delay >= t.cfg.CallTimeout
 }
 
 // sleepCtx waits d, or until ctx ends.
