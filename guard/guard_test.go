@@ -279,13 +279,8 @@ func TestNetworkErrorsAndCallDeadline(t *testing.T) {
 func TestNeverRetried(t *testing.T) {
 	t.Run("queue timeout", func(t *testing.T) {
 		t.Parallel()
-		r := newRig(t, Options{Concurrency: 1, QueueTimeout: 100 * time.Millisecond}, statuses())
-		l, err := r.probeOne()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Release(context.Background())
-		_, err = r.post(context.Background(), nil)
+		r := fullRig(t)
+		_, err := r.post(context.Background(), nil)
 		if !errors.Is(err, ErrQueueTimeout) || !errors.Is(err, semaphore.ErrQueueTimeout) || r.hits.Load() != 0 || len(r.sleeps) != 0 {
 			t.Errorf("err %v, %d hits, %d sleeps; want a queue timeout, no call, no retry", err, r.hits.Load(), len(r.sleeps))
 		}
@@ -319,6 +314,19 @@ func TestNeverRetried(t *testing.T) {
 			t.Errorf("status %d after %d hits; want the 500 after 1", resp.StatusCode, r.hits.Load())
 		}
 	})
+}
+
+// fullRig returns a rig of one slot, taken by the probe until the test
+// ends, and a 100ms queue deadline: every call times out in the queue.
+func fullRig(t *testing.T) *rig {
+	t.Helper()
+	r := newRig(t, Options{Concurrency: 1, QueueTimeout: 100 * time.Millisecond}, statuses())
+	l, err := r.probeOne()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Release(context.Background()) })
+	return r
 }
 
 func (r *rig) probeOne() (*semaphore.Lease, error) {
@@ -616,12 +624,7 @@ func (c *closeCounter) Close() error { c.closes.Add(1); return nil }
 // queue timeout) still has its body closed, as a RoundTripper must.
 func TestBodyClosedWhenNotSent(t *testing.T) {
 	t.Parallel()
-	r := newRig(t, Options{Concurrency: 1, QueueTimeout: 100 * time.Millisecond}, statuses())
-	l, err := r.probeOne()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Release(context.Background())
+	r := fullRig(t)
 	b := &closeCounter{Reader: strings.NewReader("x")}
 	req, _ := http.NewRequest(http.MethodPost, r.vendor.URL, b)
 	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("x")), nil }
